@@ -1,0 +1,475 @@
+"""The methods as Optax aggregators: stacked per-task gradients in, one update
+with the parameters' structure out.
+
+Each factory returns an ``optax.experimental.aggregating.Aggregator`` (a
+``GradientTransformationExtraArgs``), so it chains in front of any optimizer::
+
+    tx = optax.chain(mtl_optax.aligned_mtl(), optax.adam(1e-3))
+    updates, state = tx.update(stacked_grads, state, params)
+
+Every aggregator is built the same way: the Gramian of the *shared* leaves
+(``mtl_optax.normalized_gramian``), a weighting function ``K -> c``
+(``mtl_optax.weightings``), and the weighted sum ``Σ_t c_t g_t`` of the shared
+leaves. Task-specific leaves (``shared`` mask False) get the plain
+preference-weighted sum ``Σ_t w_t g_t``: each head's gradient is non-zero for
+its own task only, so this is its ordinary gradient.
+
+Common keyword arguments:
+  shared: which leaves are shared (default: all). A pytree of bools with the
+    parameters' structure or a prefix of it (``{'encoder': True, 'heads':
+    False}``), or a predicate ``fn(key_path, leaf) -> bool``.
+  num_tasks: ``T``. Optional; when given (or implied by ``preferences``) the
+    state records the last step's coefficients in ``weights``. ``init`` only
+    sees the parameters, which do not tell ``T``.
+
+State (``AggregatorState``): ``weights`` (the coefficients ``c`` of the last
+applied step, or None), ``diagnostics`` (``mtl_optax.diagnostics``, from the
+same Gramian), ``num_skipped`` and ``last_skipped`` (see below) and the
+method's own state (``inner``, e.g. a PRNG key).
+
+Non-finite gradients: if any NaN/Inf reaches the Gramian, the coefficients or
+the update, the step is skipped: the update is all zeros, ``weights`` and
+``diagnostics`` keep their previous values, ``last_skipped`` is True and
+``num_skipped`` counts it. Parameters never become NaN through an aggregator.
+(Adam-like optimizers downstream still see a zero gradient; to freeze them as
+well, wrap the whole chain in ``optax.apply_if_finite``.)
+
+Magnitudes: the Gramian is normalised before the weighting, so gradients from
+1e-20 to 1e20 give finite, correct coefficients in float32; bf16/f16 gradients
+accumulate in float32 and the update comes back in their dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from optax.experimental import aggregating
+
+from mtl_optax import diagnostics as diag_lib
+from mtl_optax import gramian as gram_lib
+from mtl_optax import weightings
+
+PyTree = Any
+
+
+class AggregatorState(NamedTuple):
+  """State of every mtl_optax aggregator."""
+  weights: jax.Array | None
+  diagnostics: diag_lib.Diagnostics
+  num_skipped: jax.Array
+  last_skipped: jax.Array
+  inner: Any
+
+
+# direction_fn(grads, mask, inner, extra) -> (direction, coefficients,
+#                                            gram_hat or None, inner)
+DirectionFn = Callable[..., tuple[PyTree, jax.Array, Any, Any]]
+
+
+def _check_extra_args(extra: dict[str, Any]) -> None:
+  losses = extra.get('losses')
+  if losses is not None and jnp.ndim(losses) != 1:
+    raise ValueError(
+        f'`losses` must be a vector of task losses, got shape '
+        f'{jnp.shape(losses)}.')
+
+
+def _build(
+    direction_fn: DirectionFn,
+    *,
+    num_tasks: int | None,
+    preferences: jax.Array | None,
+    init_inner: Callable[[], Any] = tuple,
+    track_diagnostics: bool = True,
+) -> aggregating.Aggregator:
+  """Wraps a direction function with validation, NaN handling and state."""
+  if preferences is not None:
+    t_pref = int(jnp.shape(preferences)[0])
+    if num_tasks is not None and num_tasks != t_pref:
+      raise ValueError(
+          f'num_tasks={num_tasks} but preferences has {t_pref} entries.')
+    num_tasks = t_pref
+
+  def init_fn(params):
+    del params
+    weights = None if num_tasks is None else jnp.zeros((num_tasks,),
+                                                       jnp.float32)
+    return AggregatorState(
+        weights=weights,
+        diagnostics=diag_lib.empty(),
+        num_skipped=jnp.zeros((), jnp.int32),
+        last_skipped=jnp.zeros((), bool),
+        inner=init_inner(),
+    )
+
+  def update_fn(grads, state, params=None, **extra):
+    del params
+    t = gram_lib.num_tasks(grads)
+    if num_tasks is not None and t != num_tasks:
+      raise ValueError(
+          f'The stacked gradients have {t} tasks on their leading axis but '
+          f'the aggregator was built for {num_tasks}.')
+    _check_extra_args(extra)
+    direction, coefficients, gram_hat, inner = direction_fn(
+        grads, state.inner, extra)
+    ok = jnp.all(jnp.isfinite(coefficients))
+    for leaf in jax.tree.leaves(direction):
+      ok &= jnp.all(jnp.isfinite(leaf))
+    if gram_hat is not None:
+      ok &= jnp.all(jnp.isfinite(gram_hat))
+    direction = jax.tree.map(
+        lambda d: jnp.where(ok, d, jnp.zeros_like(d)), direction)
+
+    if track_diagnostics and gram_hat is not None:
+      safe_gram = jnp.where(ok, gram_hat, jnp.eye(t, dtype=gram_hat.dtype))
+      new_diag = diag_lib.from_gramian(safe_gram.astype(jnp.float32))
+      new_diag = jax.tree.map(
+          lambda n, o: jnp.where(ok, n, o), new_diag, state.diagnostics)
+    else:
+      new_diag = state.diagnostics
+    weights = state.weights
+    if weights is not None:
+      weights = jnp.where(ok, coefficients.astype(weights.dtype), weights)
+    new_state = AggregatorState(
+        weights=weights,
+        diagnostics=new_diag,
+        num_skipped=state.num_skipped + (~ok).astype(jnp.int32),
+        last_skipped=~ok,
+        inner=inner,
+    )
+    return direction, new_state
+
+  return aggregating.Aggregator(init_fn, update_fn)
+
+
+def _head_weights(preferences, t, dtype=jnp.float32):
+  if preferences is None:
+    return jnp.ones((t,), dtype)
+  return jnp.asarray(preferences, dtype)
+
+
+def gramian_direction(
+    coefficients_fn: Callable[[jax.Array, Any, dict], tuple[jax.Array, Any]],
+    *,
+    shared: gram_lib.SharedMask = None,
+    preferences: jax.Array | None = None,
+    scale_degree: int = 1,
+) -> DirectionFn:
+  """A direction function from a weighting ``(K_hat, inner, extra) -> (c,
+  inner)``.
+
+  Args:
+    coefficients_fn: computes the coefficients from the normalised Gramian.
+    shared: which leaves are shared.
+    preferences: ``[T]`` weights of the task-specific leaves' sum.
+    scale_degree: ``p`` with ``d(σG) = σ^p d(G)`` for the method; the
+      coefficients computed on ``K/scale²`` are multiplied by
+      ``scale^(p-1)`` to be those of the true gradients.
+
+  Returns:
+    A function ``(grads, inner, extra) -> (direction, c, K_hat, inner)``.
+  """
+
+  def direction_fn(grads, inner, extra):
+    mask = gram_lib.resolve_shared_mask(shared, grads)
+    gram_hat, scale = gram_lib.normalized_gramian(grads, mask)
+    c, inner = coefficients_fn(gram_hat, inner, extra)
+    if scale_degree != 1:
+      c = c * scale ** (scale_degree - 1)
+    t = gram_hat.shape[0]
+    heads = _head_weights(preferences, t, c.dtype)
+    direction = gram_lib.weighted_sum(c, grads, mask, task_weights=heads)
+    return direction, c, gram_hat, inner
+
+  return direction_fn
+
+
+################################################################################
+# The papers' methods.
+
+
+def linear_scalarization(
+    weights: jax.Array | None = None,
+    *,
+    shared: gram_lib.SharedMask = None,
+    num_tasks: int | None = None,
+    track_diagnostics: bool = True,
+) -> aggregating.Aggregator:
+  """The uniform-scaling baseline: ``Σ_t w_t g_t``, the gradient of ``w·L``.
+
+  Args:
+    weights: ``[T]`` task weights; default all ones (the sum of the losses).
+    shared: which leaves are shared (only matters for diagnostics here).
+    num_tasks: ``T``, to record the weights in the state.
+    track_diagnostics: compute the Gramian for the diagnostics. With False the
+      aggregator is a plain weighted sum, the cheapest possible step.
+
+  Returns:
+    An ``Aggregator``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, mtl_optax as mtl
+    >>> params = {'w': jnp.zeros(2)}
+    >>> grads = {'w': jnp.array([[1., 0.], [0., 2.]])}   # two tasks
+    >>> tx = optax.chain(mtl.linear_scalarization(), optax.sgd(0.1))
+    >>> updates, _ = tx.update(grads, tx.init(params), params)
+    >>> updates['w'].tolist()
+    [-0.10000000149011612, -0.20000000298023224]
+  """
+
+  if track_diagnostics:
+    direction_fn = gramian_direction(
+        lambda k, inner, extra: (weightings.linear(k, weights), inner),
+        shared=shared, preferences=weights)
+  else:
+    def direction_fn(grads, inner, extra):
+      t = gram_lib.num_tasks(grads)
+      c = _head_weights(weights, t)
+      return gram_lib.combine(c, grads), c, None, inner
+
+  return _build(direction_fn, num_tasks=num_tasks, preferences=weights,
+                track_diagnostics=track_diagnostics)
+
+
+def _aligned_svd_direction(shared, preferences, scale_mode) -> DirectionFn:
+  """Aligned-MTL from the SVD of the concatenated shared leaves (reference)."""
+
+  def direction_fn(grads, inner, extra):
+    t = gram_lib.num_tasks(grads)
+    mask = gram_lib.resolve_shared_mask(shared, grads)
+    leaves, treedef = jax.tree.flatten(grads)
+    flags = jax.tree.leaves(mask)
+    shared_leaves = [g for g, m in zip(leaves, flags) if m]
+    heads = _head_weights(preferences, t)
+    if not shared_leaves:
+      c = heads
+      return gram_lib.weighted_sum(c, grads, mask, heads), c, None, inner
+    acc = jnp.result_type(*[gram_lib.accumulation_dtype(g.dtype)
+                            for g in shared_leaves])
+    matrix = jnp.concatenate(
+        [g.reshape(t, -1).astype(acc) for g in shared_leaves], axis=1)
+    top = jnp.max(jnp.abs(matrix))
+    inv = jnp.where((top > 0) & jnp.isfinite(top), 1 / top, 1)
+    flat, c = weightings.aligned_direction_svd(
+        matrix * inv, heads.astype(acc), scale_mode)
+    flat = flat / inv   # Aligned-MTL is scale-equivariant: undo the scaling
+    gram_hat = (matrix * inv) @ (matrix * inv).T
+    gram_hat = gram_hat / jnp.where(jnp.max(jnp.diag(gram_hat)) > 0,
+                                    jnp.max(jnp.diag(gram_hat)), 1)
+    head_part = jax.tree.leaves(
+        gram_lib.weighted_sum(heads, grads, mask, heads))
+    out, offset = [], 0
+    for g, m, h in zip(leaves, flags, head_part):
+      if m:
+        size = g[0].size
+        out.append(flat[offset:offset + size].reshape(g.shape[1:]).astype(
+            g.dtype))
+        offset += size
+      else:
+        out.append(h)
+    return jax.tree.unflatten(treedef, out), c, gram_hat, inner
+
+  return direction_fn
+
+
+def aligned_mtl(
+    preferences: jax.Array | None = None,
+    scale_mode: str = 'min',
+    *,
+    shared: gram_lib.SharedMask = None,
+    method: str = 'eigh',
+    num_tasks: int | None = None,
+) -> aggregating.Aggregator:
+  """Aligned-MTL (Senushkin et al., CVPR 2023): ``σ_min · U Vᵀ w``.
+
+  The task gradients are aligned to the closest orthogonal system (the
+  Procrustes solution ``U Vᵀ`` of ``G = U Σ Vᵀ``) scaled by the smallest
+  singular value, so the aligned system has dominance rate 1; the update is
+  that system applied to the preferences ``w``. Computed from ``eigh`` of the
+  T×T Gramian (see ``mtl_optax.weightings.aligned``).
+
+  Preference convention: ``w`` defaults to all ones, the paper's ``w = 1`` for
+  MTL and its official code (a sum). Other libraries use ``w = 1/T`` (a
+  mean); pass ``preferences=jnp.full(T, 1/T)`` for that. Task-specific leaves
+  get ``Σ_t w_t g_t``.
+
+  Precision: from the Gramian, float32 gradients resolve singular values down
+  to about ``sqrt(T · eps) ≈ 2e-3`` of the largest; smaller ones are treated
+  as zero (rank truncation). ``method='svd'`` decomposes the stacked matrix
+  itself (exact to ``T · eps``) at a much higher cost.
+
+  Args:
+    preferences: ``[T]`` task preferences ``w``; default all ones.
+    scale_mode: 'min' (the paper), 'median' or 'rmse' (see
+      ``mtl_optax.weightings.aligned``).
+    shared: which leaves are shared.
+    method: 'eigh' (Gramian, the fast path) or 'svd' (reference: thin SVD of
+      the concatenated ``[T, P]`` matrix).
+    num_tasks: ``T``, to record the weights in the state.
+
+  Returns:
+    An ``Aggregator``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, mtl_optax as mtl
+    >>> params = {'w': jnp.zeros(2)}
+    >>> grads = {'w': jnp.array([[3., 0.], [0., 1.]])}   # task 1 dominates
+    >>> tx = mtl.aligned_mtl()
+    >>> update, state = tx.update(grads, tx.init(params))
+    >>> update['w'].tolist()                         # both scaled to σ_min = 1
+    [1.0, 1.0]
+    >>> float(state.diagnostics.dominance_rate)      # of the input system
+    3.0
+  """
+  weightings.aligned(jnp.eye(1), None, scale_mode)  # validates scale_mode
+  if method == 'eigh':
+    direction_fn = gramian_direction(
+        lambda k, inner, extra: (
+            weightings.aligned(k, preferences, scale_mode), inner),
+        shared=shared, preferences=preferences)
+  elif method == 'svd':
+    direction_fn = _aligned_svd_direction(shared, preferences, scale_mode)
+  else:
+    raise ValueError(f"method must be 'eigh' or 'svd', got {method!r}.")
+  return _build(direction_fn, num_tasks=num_tasks, preferences=preferences)
+
+
+def mgda(
+    normalization: str = 'none',
+    max_iters: int = 250,
+    tol: float = 1e-5,
+    *,
+    shared: gram_lib.SharedMask = None,
+    num_tasks: int | None = None,
+) -> aggregating.Aggregator:
+  """MGDA (Sener & Koltun, NeurIPS 2018): the min-norm convex combination.
+
+  Solves problem (3), ``min_{α∈Δ} ‖Σ α_t g_t‖²``, by Frank-Wolfe with the
+  exact two-point line search in ``lax.while_loop`` (closed form for T = 2).
+  The direction conflicts with no task: ``<d, g_t> ≥ ‖d‖² ≥ 0``. Task-specific
+  leaves get their plain gradients (Algorithm 2, line 2).
+
+  Args:
+    normalization: 'none' | 'l2' | 'loss' | 'loss+'. The last two need the
+      task losses: ``tx.update(grads, state, params, losses=losses)``.
+    max_iters: Frank-Wolfe iteration limit.
+    tol: stopping tolerance on the L1 change of α.
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the coefficients in the state.
+
+  Returns:
+    An ``Aggregator``.
+
+  Example:
+    >>> import jax.numpy as jnp, mtl_optax as mtl
+    >>> grads = {'w': jnp.array([[1., 0.], [-0.5, 1.]])}   # conflicting
+    >>> tx = mtl.mgda()
+    >>> d, _ = tx.update(grads, tx.init(None))
+    >>> bool((grads['w'] @ d['w'] >= 0).all())
+    True
+  """
+  weightings.normalization_scales(jnp.eye(1), normalization,
+                                  jnp.ones(1))   # validates the name
+  degree = 0 if normalization in ('l2', 'loss+') else 1
+
+  def coefficients(k, inner, extra):
+    return weightings.mgda(k, normalization, extra.get('losses'), max_iters,
+                           tol), inner
+
+  direction_fn = gramian_direction(coefficients, shared=shared,
+                                   scale_degree=degree)
+  return _build(direction_fn, num_tasks=num_tasks, preferences=None)
+
+
+def _random_order_aggregator(weighting, preferences, shared, seed, num_tasks):
+  def coefficients(k, key, extra):
+    key, sub = jax.random.split(key)
+    orders = weightings.random_orders(sub, k.shape[0])
+    return weighting(k, orders, preferences), key
+
+  direction_fn = gramian_direction(coefficients, shared=shared,
+                                   preferences=preferences)
+  return _build(direction_fn, num_tasks=num_tasks, preferences=preferences,
+                init_inner=lambda: jax.random.PRNGKey(seed))
+
+
+def pcgrad(
+    preferences: jax.Array | None = None,
+    *,
+    shared: gram_lib.SharedMask = None,
+    seed: int = 0,
+    num_tasks: int | None = None,
+) -> aggregating.Aggregator:
+  """PCGrad (Yu et al., NeurIPS 2020): project away conflicting components.
+
+  Each task gradient is projected onto the normal plane of every other task
+  gradient it conflicts with, in a fresh random order per task and step (PRNG
+  key in the state), and the results are summed; computed in coefficient form
+  from the Gramian (``mtl_optax.weightings.pcgrad``).
+
+  Args:
+    preferences: ``[T]`` weights of the projected gradients in the sum (and of
+      the task-specific leaves); default all ones.
+    shared: which leaves are shared.
+    seed: seed of the PRNG key in the state.
+    num_tasks: ``T``, to record the coefficients in the state.
+
+  Returns:
+    An ``Aggregator``.
+  """
+  return _random_order_aggregator(weightings.pcgrad, preferences, shared,
+                                  seed, num_tasks)
+
+
+def mamg(
+    preferences: jax.Array | None = None,
+    *,
+    shared: gram_lib.SharedMask = None,
+    seed: int = 0,
+    num_tasks: int | None = None,
+) -> aggregating.Aggregator:
+  """MAMG (Chai et al., IEEE TCYB 2022): the gradient clipping rule.
+
+  For each task and each other task it conflicts with (random order per task
+  and step), the running gradient is clipped along the interfering direction
+  ``Pγ = g_i' - g_j`` by ``Δg_ij`` (Eqs. 2-4, Algorithm 1); the update is the
+  mean of the clipped gradients. See ``mtl_optax.weightings.mamg`` for the
+  readings of the paper's formulas.
+
+  Args:
+    preferences: ``[T]`` weights in the mean (and of the task-specific
+      leaves' sum); default all ones.
+    shared: which leaves are shared.
+    seed: seed of the PRNG key in the state.
+    num_tasks: ``T``, to record the coefficients in the state.
+
+  Returns:
+    An ``Aggregator``.
+  """
+  return _random_order_aggregator(weightings.mamg, preferences, shared, seed,
+                                  num_tasks)
+
+
+def aggregator_state(opt_state: Any) -> AggregatorState:
+  """Finds the (first) ``AggregatorState`` inside an optimizer state.
+
+  Args:
+    opt_state: e.g. the state of ``optax.chain(mtl.aligned_mtl(), adam)``.
+
+  Returns:
+    The aggregator's state, for logging its weights and diagnostics.
+
+  Raises:
+    ValueError: if there is none.
+  """
+  found = [
+      x for x in jax.tree.leaves(
+          opt_state, is_leaf=lambda x: isinstance(x, AggregatorState))
+      if isinstance(x, AggregatorState)
+  ]
+  if not found:
+    raise ValueError('No mtl_optax AggregatorState in this optimizer state.')
+  return found[0]

@@ -1,0 +1,305 @@
+"""The two hot loops of every method: the task Gramian and the weighted sum.
+
+Stacked per-task gradients are a pytree whose leaves all carry a leading task
+axis ``T``. Viewed as a matrix ``G`` of shape ``[T, P]`` (the shared leaves
+flattened and concatenated), almost every gradient-balancing method returns
+``c @ G`` for coefficients ``c`` computed from the Gramian ``K = G Gᵀ``. This
+module computes ``K`` and ``c @ G`` without ever concatenating the leaves.
+
+Performance notes (measured on a 2-core CPU, ``G`` of shape ``[40, 1e7]``):
+XLA:CPU's plain ``G @ G.T`` runs at a fraction of BLAS speed (1.45 s), while
+the same product accumulated over column chunks inside ``lax.fori_loop`` takes
+0.42-0.54 s, faster than numpy's BLAS (1.0 s). The chunked form is used on CPU
+only; on GPU/TPU one large contraction is what the hardware wants, and
+``lax.platform_dependent`` picks the plain dot there.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+PyTree = Any
+# A mask saying which leaves are shared: ``None`` (all shared), a pytree of
+# bools with the gradients' structure or a prefix of it, or a predicate
+# ``fn(key_path, leaf) -> bool``.
+SharedMask = PyTree | Callable[[tuple, jax.Array], bool] | None
+
+# Columns per chunk on CPU: about 2^19 elements (2 MiB in float32) per chunk
+# keeps a [T, chunk] slab in L2 while it is multiplied with itself.
+_CHUNK_ELEMENTS = 1 << 19
+_MIN_CHUNK, _MAX_CHUNK = 2048, 65536
+
+
+def accumulation_dtype(dtype) -> jnp.dtype:
+  """Dtype in which Gramians and weighted sums accumulate: float32 or wider."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def num_tasks(stacked: PyTree) -> int:
+  """The size ``T`` of the leading task axis, checked to agree on every leaf.
+
+  Args:
+    stacked: stacked per-task gradients (leading axis ``T`` on every leaf).
+
+  Returns:
+    ``T`` as a Python int.
+
+  Raises:
+    ValueError: naming the first leaf that is a scalar or whose leading axis
+      disagrees with the first leaf's.
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(stacked)
+  if not leaves:
+    raise ValueError('The stacked gradients have no leaves.')
+  first_path, first = leaves[0]
+  for path, leaf in leaves:
+    if jnp.ndim(leaf) == 0:
+      raise ValueError(
+          f'Leaf {jax.tree_util.keystr(path)} is a scalar; every leaf of the '
+          'stacked gradients needs a leading task axis (use '
+          'mtl_optax.value_and_jacobian or jax.jacrev to build them).')
+    if leaf.shape[0] != first.shape[0]:
+      raise ValueError(
+          f'Leaf {jax.tree_util.keystr(path)} has {leaf.shape[0]} tasks on its '
+          f'leading axis but leaf {jax.tree_util.keystr(first_path)} has '
+          f'{first.shape[0]}; all leaves must stack the same tasks.')
+  return int(first.shape[0])
+
+
+def resolve_shared_mask(shared: SharedMask, tree: PyTree) -> PyTree:
+  """Turns ``shared`` into a pytree of Python bools with ``tree``'s structure.
+
+  Args:
+    shared: ``None`` (every leaf shared), a pytree of bools with the structure
+      of ``tree`` or a prefix of it (``{'encoder': True, 'heads': False}``), or
+      a predicate called as ``shared(key_path, leaf)``.
+    tree: the gradients (stacked or not) whose leaves the mask describes.
+
+  Returns:
+    A pytree of bools with exactly ``tree``'s structure.
+
+  Raises:
+    ValueError: if a mask pytree does not match ``tree``, naming the place.
+    TypeError: if a mask entry is not a bool.
+  """
+  if shared is None:
+    return jax.tree.map(lambda _: True, tree)
+  if callable(shared):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: bool(shared(path, leaf)), tree)
+  try:
+    mask = jax.tree.map(
+        lambda m, sub: jax.tree.map(lambda _: m, sub), shared, tree)
+  except ValueError as e:
+    raise ValueError(
+        'The `shared` mask does not match the gradients: it must have the '
+        'same structure as the parameters, or be a prefix of it. Mask: '
+        f'{jax.tree.structure(shared)}; gradients: {jax.tree.structure(tree)}. '
+        f'({e})') from None
+
+  def check(path, m):
+    if not isinstance(m, bool) and not (
+        hasattr(m, 'dtype') and jnp.ndim(m) == 0 and m.dtype == bool):
+      raise TypeError(
+          f'`shared` mask entry at {jax.tree_util.keystr(path)} is {m!r}; '
+          'expected a Python bool.')
+    return bool(m)
+
+  return jax.tree_util.tree_map_with_path(check, mask)
+
+
+def _chunk_columns(num_rows: int) -> int:
+  chunk = max(_MIN_CHUNK, min(_MAX_CHUNK, _CHUNK_ELEMENTS // max(num_rows, 1)))
+  return 1 << (chunk.bit_length() - 1)  # round down to a power of two
+
+
+def _plain_gram(m: jax.Array, scale, out_dtype) -> jax.Array:
+  if scale is not None:
+    m = m * scale.astype(m.dtype)
+  return lax.dot_general(
+      m, m, (((1,), (1,)), ((), ())), preferred_element_type=out_dtype)
+
+
+def _chunked_gram(m: jax.Array, scale, out_dtype) -> jax.Array:
+  """``m @ m.T`` accumulated over column chunks (the fast form on CPU)."""
+  rows, cols = m.shape
+  chunk = _chunk_columns(rows)
+  num_chunks, rest = divmod(cols, chunk)
+
+  def body(i, acc):
+    block = lax.dynamic_slice_in_dim(m, i * chunk, chunk, axis=1)
+    return acc + _plain_gram(block, scale, out_dtype)
+
+  acc = lax.fori_loop(0, num_chunks, body, jnp.zeros((rows, rows), out_dtype))
+  if rest:
+    acc = acc + _plain_gram(m[:, num_chunks * chunk:], scale, out_dtype)
+  return acc
+
+
+def _leaf_gram(leaf: jax.Array, scale=None) -> jax.Array:
+  m = leaf.reshape(leaf.shape[0], -1)
+  out_dtype = accumulation_dtype(m.dtype)
+  if m.shape[1] < 2 * _chunk_columns(m.shape[0]):
+    return _plain_gram(m, scale, out_dtype)
+  return lax.platform_dependent(
+      m,
+      cpu=lambda x: _chunked_gram(x, scale, out_dtype),
+      default=lambda x: _plain_gram(x, scale, out_dtype),
+  )
+
+
+def _shared_leaves(stacked: PyTree, shared: SharedMask) -> list[jax.Array]:
+  mask = resolve_shared_mask(shared, stacked)
+  return [g for g, m in zip(jax.tree.leaves(stacked), jax.tree.leaves(mask))
+          if m]
+
+
+def gramian(stacked: PyTree, shared: SharedMask = None) -> jax.Array:
+  """The task Gramian ``K[i, j] = <g_i, g_j>`` over the shared leaves.
+
+  Accumulates in float32 (float64 for float64 inputs) whatever the gradients'
+  dtype, so bf16/f16 gradients give a float32 Gramian.
+
+  Args:
+    stacked: stacked per-task gradients, leading axis ``T`` on every leaf.
+    shared: which leaves enter the Gramian (see ``resolve_shared_mask``);
+      ``None`` means all of them.
+
+  Returns:
+    A symmetric ``[T, T]`` array. Zeros if no leaf is shared.
+
+  Example:
+    >>> import jax.numpy as jnp, mtl_optax as mtl
+    >>> g = {'w': jnp.array([[1., 0.], [1., 1.]])}
+    >>> mtl.gramian(g).tolist()
+    [[1.0, 1.0], [1.0, 2.0]]
+  """
+  t = num_tasks(stacked)
+  leaves = _shared_leaves(stacked, shared)
+  dtype = jnp.result_type(*[accumulation_dtype(x.dtype) for x in leaves]) \
+      if leaves else jnp.float32
+  k = jnp.zeros((t, t), dtype)
+  for leaf in leaves:
+    k = k + _leaf_gram(leaf).astype(dtype)
+  return k
+
+
+def max_abs(stacked: PyTree, shared: SharedMask = None) -> jax.Array:
+  """Largest absolute entry over the shared leaves (0 if none), as float32+."""
+  leaves = _shared_leaves(stacked, shared)
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  return jnp.max(jnp.stack([
+      jnp.max(jnp.abs(x)).astype(accumulation_dtype(x.dtype)) for x in leaves]))
+
+
+def normalized_gramian(
+    stacked: PyTree, shared: SharedMask = None
+) -> tuple[jax.Array, jax.Array]:
+  """The Gramian as ``K = scale² · K_hat`` with ``max(diag(K_hat)) = 1``.
+
+  ``K`` itself overflows float32 for gradients around 1e20 and underflows for
+  gradients around 1e-20. This computes ``K`` directly and, only when it is
+  not finite or its diagonal leaves float32's safe range, computes it again
+  from the gradients divided by their largest entry. Gradients that contain
+  NaN or Inf give a non-finite ``K_hat``: callers detect it there.
+
+  Args:
+    stacked: stacked per-task gradients, leading axis ``T`` on every leaf.
+    shared: which leaves enter the Gramian.
+
+  Returns:
+    ``(K_hat, scale)``: ``K_hat`` is ``[T, T]`` with largest diagonal entry 1
+    (all zeros if every gradient is zero) and ``scale`` a positive scalar, the
+    largest task-gradient norm (1 if every gradient is zero).
+  """
+  k = gramian(stacked, shared)
+  top = jnp.max(jnp.diag(k))
+  lo, hi = 1e-30, 1e30
+  # An underflowed Gramian is exactly 0: recompute it too (cheap when the
+  # gradients really are zero, and rare).
+  safe = jnp.all(jnp.isfinite(k)) & (top >= lo) & (top <= hi)
+
+  def rescaled(_):
+    m = max_abs(stacked, shared)
+    inv = jnp.where((m > 0) & jnp.isfinite(m), 1.0 / m, 1.0)
+    t = num_tasks(stacked)
+    k2 = jnp.zeros((t, t), k.dtype)
+    for leaf in _shared_leaves(stacked, shared):
+      k2 = k2 + _leaf_gram(leaf, inv).astype(k.dtype)
+    top2 = jnp.max(jnp.diag(k2))
+    return k2, top2, m
+
+  def direct(_):
+    return k, top, jnp.ones((), k.dtype)
+
+  k, top, pre = lax.cond(safe, direct, rescaled, None)
+  positive = top > 0
+  k_hat = jnp.where(positive, k / jnp.where(positive, top, 1), k)
+  scale = jnp.where(positive, pre * jnp.sqrt(jnp.where(positive, top, 1)), 1)
+  return k_hat, scale.astype(k.dtype)
+
+
+def weighted_sum(
+    coefficients: jax.Array, stacked: PyTree, shared: SharedMask = None,
+    task_weights: jax.Array | None = None,
+) -> PyTree:
+  """``Σ_t c_t g_t`` leaf by leaf: the update with the parameters' structure.
+
+  Shared leaves are combined with ``coefficients``; task-specific leaves (mask
+  False) with ``task_weights`` (the plain preference-weighted sum; defaults to
+  ``coefficients``). Accumulates in float32 or wider and returns each leaf in
+  its own dtype.
+
+  Args:
+    coefficients: ``[T]`` coefficients for the shared leaves.
+    stacked: stacked per-task gradients, leading axis ``T`` on every leaf.
+    shared: which leaves are shared.
+    task_weights: ``[T]`` weights for the task-specific leaves.
+
+  Returns:
+    A pytree with the structure of one task's gradient.
+
+  Example:
+    >>> import jax.numpy as jnp, mtl_optax as mtl
+    >>> g = {'w': jnp.array([[1., 0.], [1., 1.]])}
+    >>> mtl.combine(jnp.array([2., 1.]), g)['w'].tolist()
+    [3.0, 1.0]
+  """
+  num_tasks(stacked)
+  mask = resolve_shared_mask(shared, stacked)
+  if task_weights is None:
+    task_weights = coefficients
+
+  def one(leaf, is_shared):
+    c = coefficients if is_shared else task_weights
+    acc = accumulation_dtype(leaf.dtype)
+    out = lax.dot_general(
+        c.astype(acc)[None, :], leaf.reshape(leaf.shape[0], -1),
+        (((1,), (0,)), ((), ())), preferred_element_type=acc)
+    return out.reshape(leaf.shape[1:]).astype(leaf.dtype)
+
+  return jax.tree.map(one, stacked, mask)
+
+
+def combine(coefficients: jax.Array, stacked: PyTree) -> PyTree:
+  """``Σ_t c_t g_t`` over every leaf (see ``weighted_sum`` for masks).
+
+  Args:
+    coefficients: ``[T]`` coefficients.
+    stacked: stacked per-task gradients, leading axis ``T`` on every leaf.
+
+  Returns:
+    A pytree with the structure of one task's gradient, leaves in their dtype.
+  """
+  return weighted_sum(coefficients, stacked)
+
+
+def unstack(stacked: PyTree) -> Sequence[PyTree]:
+  """The ``T`` per-task gradient pytrees (for tests and small problems)."""
+  t = num_tasks(stacked)
+  return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(t)]

@@ -1,0 +1,37 @@
+"""Weighting functions: the task Gramian ``K`` (T×T) in, coefficients ``c`` out.
+
+Every method here returns a direction ``d = Σ_t c_t g_t``; these functions
+compute ``c`` from ``K[i, j] = <g_i, g_j>`` (and, for some, the losses or a
+PRNG key). They are pure, jit-compatible with static shapes, and public so
+that representation-level steps and users' own loops can call them.
+
+Contract: ``c`` is the coefficient vector for the gradients whose Gramian is
+``K``. The aggregators pass the Gramian normalised to a largest diagonal entry
+of 1 (``mtl_optax.normalized_gramian``); every method that is
+scale-equivariant (``d(σG) = σ d(G)``) gives the same ``c`` for it, and the
+aggregators correct the others (see ``mtl_optax.mgda``).
+"""
+
+from mtl_optax.weightings.aligned import aligned
+from mtl_optax.weightings.aligned import aligned_direction_svd
+from mtl_optax.weightings.linear import linear
+from mtl_optax.weightings.mamg import mamg
+from mtl_optax.weightings.mgda import mgda
+from mtl_optax.weightings.mgda import min_norm_two
+from mtl_optax.weightings.mgda import min_norm_frank_wolfe
+from mtl_optax.weightings.mgda import normalization_scales
+from mtl_optax.weightings.pcgrad import pcgrad
+from mtl_optax.weightings.pcgrad import random_orders
+
+__all__ = [
+    'aligned',
+    'aligned_direction_svd',
+    'linear',
+    'mamg',
+    'mgda',
+    'min_norm_frank_wolfe',
+    'min_norm_two',
+    'normalization_scales',
+    'pcgrad',
+    'random_orders',
+]

@@ -1,0 +1,219 @@
+"""MGDA (Sener & Koltun, NeurIPS 2018): the min-norm point of the convex hull
+of the task gradients, problem (3):
+
+    min_{α ∈ Δ_T} ‖Σ_t α_t g_t‖² = αᵀ K α.
+
+Solved by Frank-Wolfe (Algorithm 2) with the exact two-point line search
+(Algorithm 1), inside ``lax.while_loop``; in closed form (Eq. 4) when T = 2.
+Désidéri (2012): the solution is either 0 (a Pareto-stationary point) or a
+direction ``d`` with ``<d, g_t> ≥ ‖d‖² > 0`` for every task.
+
+Readings of the paper (documented choices):
+- Algorithm 2, line 10 writes ``argmax_r Σ_t α_t M_rt``; Frank-Wolfe's linear
+  minimisation oracle over the simplex is the *argmin* of the gradient
+  ``2Mα`` (as the authors' code does). We use argmin.
+- Algorithm 1's case analysis names the two points in the opposite order to
+  its objective; we use the exact minimiser of the 1-D quadratic, clipped to
+  [0, 1], which is what both mean.
+- Stopping: ``‖α_new - α‖₁ < tol`` (the authors' code), or ``max_iters``.
+- Solver: by default Frank-Wolfe with *away steps*, same oracle and same
+  exact line search, because plain Frank-Wolfe stalls at about 1% error on
+  T ≥ 6 within 250 iterations; ``away_steps=False`` is the paper's exact
+  Algorithm 2.
+- Normalisations (the authors' code): 'l2' ``g_t/‖g_t‖``, 'loss' ``g_t/L_t``,
+  'loss+' ``g_t/(L_t ‖g_t‖)``, 'none'. The hull is that of the normalised
+  gradients ``s_t g_t`` and the returned coefficients are ``α_t s_t``, so the
+  direction is the min-norm point of the normalised hull and keeps the
+  no-conflict guarantee (the authors' code instead applies α to the
+  unnormalised losses, which loses it).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+NORMALIZATIONS = ('none', 'l2', 'loss', 'loss+')
+
+
+def _two_point_step(aa, ab, bb):
+  """argmin_{γ∈[0,1]} ‖(1-γ) a + γ b‖² from the three inner products."""
+  denom = aa - 2 * ab + bb
+  gamma = jnp.where(denom > 0, (aa - ab) / jnp.where(denom > 0, denom, 1), 0)
+  return jnp.clip(gamma, 0, 1)
+
+
+def min_norm_two(gram: jax.Array) -> jax.Array:
+  """Closed-form min-norm weights for two tasks (Eq. 4 of the paper).
+
+  Args:
+    gram: ``[2, 2]`` Gramian.
+
+  Returns:
+    ``[2]`` weights ``(α, 1 - α)`` on the simplex.
+  """
+  # α weights g_1: min_α ‖α g1 + (1-α) g2‖², i.e. γ = 1-α moves from g1 to g2.
+  gamma = _two_point_step(gram[0, 0], gram[0, 1], gram[1, 1])
+  return jnp.stack([1 - gamma, gamma])
+
+
+def _line_search(slope, curvature, max_step):
+  """argmin_{γ∈[0, max_step]} of ``2γ·slope + γ²·curvature`` (exact)."""
+  gamma = jnp.where(curvature > 0, -slope / jnp.where(curvature > 0,
+                                                      curvature, 1), max_step)
+  return jnp.clip(gamma, 0, max_step)
+
+
+def min_norm_frank_wolfe(
+    gram: jax.Array, max_iters: int = 250, tol: float = 1e-5,
+    away_steps: bool = True,
+) -> tuple[jax.Array, jax.Array]:
+  """Frank-Wolfe for ``min_{α∈Δ} αᵀ K α`` from the uniform start.
+
+  Each iteration moves toward the vertex ``e_s``, ``s = argmin_r (Kα)_r`` (the
+  paper's Algorithm 2) with the exact line search of Algorithm 1. With
+  ``away_steps`` (Wolfe 1976; Lacoste-Julien & Jaggi 2015) it may instead move
+  away from the worst vertex in the support, ``v = argmax_{α_v>0} (Kα)_v``,
+  when that decreases the objective faster; the line search is the same
+  closed form, capped so that α stays on the simplex. Plain Frank-Wolfe
+  converges sublinearly and zig-zags when the solution lies on a face
+  (measured: about 1% error in the direction after 250 iterations for
+  T ≥ 6); with away steps the convergence on the simplex is linear.
+
+  Args:
+    gram: ``[T, T]`` Gramian.
+    max_iters: iteration limit (250 as in the reference implementations).
+    tol: stop when the L1 change of α falls below this.
+    away_steps: use away steps (default); False is the paper's Algorithm 2.
+
+  Returns:
+    ``(alpha, iterations)``.
+  """
+  t = gram.shape[0]
+  dtype = gram.dtype
+  alpha0 = jnp.full((t,), 1.0 / t, dtype)
+
+  def cond(carry):
+    _, it, change = carry
+    return (it < max_iters) & (change >= tol)
+
+  def body(carry):
+    alpha, it, _ = carry
+    k_alpha = gram @ alpha
+    value = alpha @ k_alpha
+    s = jnp.argmin(k_alpha)
+    v = jnp.argmax(jnp.where(alpha > 0, k_alpha, -jnp.inf))
+    fw_gap = value - k_alpha[s]
+    away_gap = k_alpha[v] - value
+    e_s = jax.nn.one_hot(s, t, dtype=dtype)
+    e_v = jax.nn.one_hot(v, t, dtype=dtype)
+    # Toward e_s: d = e_s - α, step ≤ 1.
+    fw_gamma = _line_search(k_alpha[s] - value,
+                            gram[s, s] - 2 * k_alpha[s] + value, 1.0)
+    fw_alpha = alpha + fw_gamma * (e_s - alpha)
+    # Away from e_v: d = α - e_v, step ≤ α_v / (1 - α_v).
+    a_v = alpha[v]
+    max_away = jnp.where(a_v < 1, a_v / jnp.where(a_v < 1, 1 - a_v, 1), 0)
+    away_gamma = _line_search(value - k_alpha[v],
+                              value - 2 * k_alpha[v] + gram[v, v], max_away)
+    away_alpha = alpha + away_gamma * (alpha - e_v)
+    # A full away step drops v from the support: make that exact.
+    away_alpha = jnp.where((away_gamma >= max_away) & (e_v > 0), 0,
+                           jnp.maximum(away_alpha, 0))
+    use_away = away_steps & (away_gap > fw_gap)
+    new = jnp.where(use_away, away_alpha, fw_alpha)
+    return new, it + 1, jnp.sum(jnp.abs(new - alpha))
+
+  alpha, iters, _ = lax.while_loop(
+      cond, body, (alpha0, jnp.zeros((), jnp.int32),
+                   jnp.full((), jnp.inf, dtype)))
+  return alpha, iters
+
+
+def normalization_scales(
+    gram: jax.Array, normalization: str = 'none',
+    losses: jax.Array | None = None,
+) -> jax.Array:
+  """The per-task scales ``s_t`` of MGDA's gradient normalisation.
+
+  Zero-norm gradients and zero losses get scale 0 instead of a division by
+  zero (such a task is already stationary; its gradient is zero in 'l2').
+
+  Args:
+    gram: ``[T, T]`` Gramian.
+    normalization: 'none' | 'l2' | 'loss' | 'loss+'.
+    losses: ``[T]`` task losses; required for 'loss' and 'loss+'.
+
+  Returns:
+    ``[T]`` scales.
+  """
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(
+        f'normalization must be one of {NORMALIZATIONS}, got '
+        f'{normalization!r}.')
+  t = gram.shape[0]
+  ones = jnp.ones((t,), gram.dtype)
+  if normalization == 'none':
+    return ones
+
+  def safe_inv(x):
+    ok = x > 0
+    return jnp.where(ok, 1 / jnp.where(ok, x, 1), 0)
+
+  norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0))
+  if normalization == 'l2':
+    return safe_inv(norms)
+  if losses is None:
+    raise ValueError(
+        f"MGDA normalization {normalization!r} needs the task losses: pass "
+        '`losses=` to the update (e.g. tx.update(grads, state, params, '
+        'losses=losses)).')
+  losses = jnp.asarray(losses, gram.dtype)
+  if losses.shape != (t,):
+    raise ValueError(
+        f'`losses` has shape {losses.shape}; expected ({t},), one per task.')
+  if normalization == 'loss':
+    return safe_inv(losses)
+  return safe_inv(losses * norms)
+
+
+def mgda(
+    gram: jax.Array,
+    normalization: str = 'none',
+    losses: jax.Array | None = None,
+    max_iters: int = 250,
+    tol: float = 1e-5,
+    away_steps: bool = True,
+) -> jax.Array:
+  """MGDA coefficients: ``α ∘ s`` with α the min-norm weights of the hull of
+  the normalised gradients ``s_t g_t``.
+
+  Args:
+    gram: ``[T, T]`` Gramian of the (unnormalised) task gradients.
+    normalization: 'none' | 'l2' | 'loss' | 'loss+' (see module docstring).
+    losses: ``[T]`` task losses, for the loss-based normalisations.
+    max_iters: Frank-Wolfe iteration limit.
+    tol: Frank-Wolfe stopping tolerance on the L1 change of α.
+    away_steps: Frank-Wolfe with away steps (default, linear convergence);
+      False runs the paper's plain Algorithm 2.
+
+  Returns:
+    ``[T]`` coefficients ``c``; ``d = Σ c_t g_t`` conflicts with no task.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mtl_optax import weightings
+    >>> g = jnp.array([[1., 0.], [0., 1.]])
+    >>> weightings.mgda(g @ g.T).tolist()
+    [0.5, 0.5]
+  """
+  scales = normalization_scales(gram, normalization, losses)
+  scaled = gram * scales[:, None] * scales[None, :]
+  if gram.shape[0] == 1:
+    alpha = jnp.ones((1,), gram.dtype)
+  elif gram.shape[0] == 2:
+    alpha = min_norm_two(scaled)
+  else:
+    alpha, _ = min_norm_frank_wolfe(scaled, max_iters, tol, away_steps)
+  return alpha * scales

@@ -1,0 +1,77 @@
+"""PCGrad (Yu et al., NeurIPS 2020), "gradient surgery", in coefficient form.
+
+For each task i, ``g_i`` is projected onto the normal plane of every other
+task's (original) gradient ``g_j`` it conflicts with (``<g_i', g_j> < 0``),
+visiting the others in a fresh random order per task; the projected gradients
+are summed. Each projection ``g_i' ← g_i' - (<g_i', g_j>/‖g_j‖²) g_j`` keeps
+``g_i'`` a combination of the task gradients, so we track its coefficient
+vector ``a ∈ R^T`` (``g_i' = Σ_k a_k g_k``) using only the Gramian:
+``<g_i', g_j> = (K a)_j``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def random_orders(key: jax.Array, num_tasks: int) -> jax.Array:
+  """``[T, T]`` int array: row ``i`` is a random permutation of the tasks.
+
+  Args:
+    key: a PRNG key.
+    num_tasks: ``T``.
+
+  Returns:
+    The visiting order of the other tasks for each task (task ``i`` itself is
+    skipped when met in row ``i``).
+  """
+  keys = jax.random.split(key, num_tasks)
+  return jax.vmap(lambda k: jax.random.permutation(k, num_tasks))(keys)
+
+
+def _surgery(gram, orders, rule):
+  """Runs ``rule(a, i, j) -> a`` for each task i over its order, vectorised
+  over i, and returns the ``[T, T]`` matrix of final coefficient rows."""
+  t = gram.shape[0]
+  eye = jnp.eye(t, dtype=gram.dtype)
+
+  def per_task(i, order):
+    def step(a, j):
+      return lax.cond(j == i, lambda a: a, lambda a: rule(a, j), a), None
+    a, _ = lax.scan(step, eye[i], order)
+    return a
+
+  return jax.vmap(per_task)(jnp.arange(t), orders)
+
+
+def pcgrad(
+    gram: jax.Array,
+    orders: jax.Array,
+    preferences: jax.Array | None = None,
+) -> jax.Array:
+  """PCGrad coefficients ``c = Σ_i w_i a_i`` of the summed projected gradients.
+
+  Args:
+    gram: ``[T, T]`` Gramian.
+    orders: ``[T, T]`` visiting orders (``random_orders``).
+    preferences: ``[T]`` weights of the projected gradients in the sum;
+      default all ones (the paper's sum).
+
+  Returns:
+    ``[T]`` coefficients. A zero gradient ``g_j`` is never projected on.
+  """
+  t = gram.shape[0]
+  w = jnp.ones((t,), gram.dtype) if preferences is None else jnp.asarray(
+      preferences, gram.dtype)
+
+  def project(a, j):
+    dot = gram[j] @ a
+    norm2 = gram[j, j]
+    conflict = (dot < 0) & (norm2 > 0)
+    return a - jnp.where(conflict, dot / jnp.where(conflict, norm2, 1), 0) * \
+        jax.nn.one_hot(j, t, dtype=a.dtype)
+
+  rows = _surgery(gram, orders, project)
+  return w @ rows
