@@ -18,6 +18,12 @@ Readings (documented choices):
 - For T > 2 the rule is applied to the running ``g_i'`` (Algorithm 1 updates
   ``g_i`` in place as it loops over ``j``), each ``g_j`` is the original.
 - Preferences weight the clipped gradients in the mean: ``(1/T) Σ w_i g_i'``.
+- Consequence for T = 2 (a property of Algorithm 1, pinned by a test):
+  Eq. (3) is symmetric, ``Δg_ij = Δg_ji``, and ``Pγ_ji = -Pγ_ij``, so the
+  clip of task 1 against task 2 and that of task 2 against task 1 cancel in
+  the sum: MAMG returns the plain mean gradient. The paper's analysis
+  (Fig. 2(d), Lemma 1, Theorem 1) instead clips one task only,
+  ``g^MG = g_i' + g_j``; Algorithm 1 is what is implemented here.
 - A zero ``g_i'`` or ``g_j`` cannot conflict (the inner product is 0), and a
   zero ``Pγ`` means ``g_i' = g_j``, which does not conflict either.
 
