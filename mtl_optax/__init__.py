@@ -20,39 +20,75 @@ from mtl_optax.aggregators import linear_scalarization
 from mtl_optax.aggregators import mamg
 from mtl_optax.aggregators import mgda
 from mtl_optax.aggregators import pcgrad
+from mtl_optax.baselines import cagrad
+from mtl_optax.baselines import config
+from mtl_optax.baselines import dualproj
+from mtl_optax.baselines import ema_weighting
+from mtl_optax.baselines import fairgrad
+from mtl_optax.baselines import graddrop
+from mtl_optax.baselines import gradvac
+from mtl_optax.baselines import imtl_g
+from mtl_optax.baselines import nash_mtl
+from mtl_optax.baselines import random_weighting
+from mtl_optax.baselines import upgrad
 from mtl_optax.diagnostics import Diagnostics
-from mtl_optax.gramian import combine
-from mtl_optax.gramian import gramian
-from mtl_optax.gramian import normalized_gramian
-from mtl_optax.gramian import num_tasks
-from mtl_optax.gramian import resolve_shared_mask
-from mtl_optax.gramian import weighted_sum
+from mtl_optax.gramians import combine
+from mtl_optax.gramians import gramian
+from mtl_optax.gramians import normalized_gramian
+from mtl_optax.gramians import num_tasks
+from mtl_optax.gramians import resolve_shared_mask
+from mtl_optax.gramians import weighted_sum
 from mtl_optax.jacobian import RepresentationGrads
 from mtl_optax.jacobian import representation_grads
 from mtl_optax.jacobian import stack_tasks
 from mtl_optax.jacobian import value_and_jacobian
+from mtl_optax.loss_weighting import dwa
+from mtl_optax.loss_weighting import famo
+from mtl_optax.loss_weighting import geometric_mean
+from mtl_optax.loss_weighting import gradnorm
+from mtl_optax.loss_weighting import uncertainty_weighting
+from mtl_optax.registry import available
+from mtl_optax.registry import get_aggregator
 
 __version__ = '0.1.0'
 
 __all__ = [
-    'AggregatorState',
-    'Diagnostics',
-    'RepresentationGrads',
     'aggregator_state',
+    'AggregatorState',
     'aligned_mtl',
+    'available',
+    'cagrad',
     'combine',
+    'config',
     'diagnostics',
+    'Diagnostics',
+    'dualproj',
+    'dwa',
+    'ema_weighting',
+    'fairgrad',
+    'famo',
+    'geometric_mean',
+    'get_aggregator',
+    'graddrop',
+    'gradnorm',
+    'gradvac',
     'gramian',
     'gramian_direction',
+    'imtl_g',
     'linear_scalarization',
     'mamg',
     'mgda',
+    'nash_mtl',
     'normalized_gramian',
     'num_tasks',
     'pcgrad',
+    'random_weighting',
     'representation_grads',
+    'RepresentationGrads',
     'resolve_shared_mask',
     'stack_tasks',
+    'uncertainty_weighting',
+    'upgrad',
     'value_and_jacobian',
     'weighted_sum',
     'weightings',

@@ -49,7 +49,7 @@ import optax
 from optax.experimental import aggregating
 
 from mtl_optax import diagnostics as diag_lib
-from mtl_optax import gramian as gram_lib
+from mtl_optax import gramians as gram_lib
 from mtl_optax import weightings
 
 PyTree = Any
@@ -152,17 +152,20 @@ def _head_weights(preferences, t, dtype=jnp.float32):
 
 
 def gramian_direction(
-    coefficients_fn: Callable[[jax.Array, Any, dict], tuple[jax.Array, Any]],
+    coefficients_fn: Callable[[jax.Array, jax.Array, Any, dict],
+                              tuple[jax.Array, Any]],
     *,
     shared: gram_lib.SharedMask = None,
     preferences: jax.Array | None = None,
     scale_degree: int = 1,
 ) -> DirectionFn:
-  """A direction function from a weighting ``(K_hat, inner, extra) -> (c,
-  inner)``.
+  """A direction function from a weighting ``(K_hat, scale, inner, extra) ->
+  (c, inner)``.
 
   Args:
-    coefficients_fn: computes the coefficients from the normalised Gramian.
+    coefficients_fn: computes the coefficients from the normalised Gramian
+      ``K_hat`` (``K = scale² K_hat``), the method's state and the extra
+      arguments of the update (e.g. ``losses``).
     shared: which leaves are shared.
     preferences: ``[T]`` weights of the task-specific leaves' sum.
     scale_degree: ``p`` with ``d(σG) = σ^p d(G)`` for the method; the
@@ -176,7 +179,7 @@ def gramian_direction(
   def direction_fn(grads, inner, extra):
     mask = gram_lib.resolve_shared_mask(shared, grads)
     gram_hat, scale = gram_lib.normalized_gramian(grads, mask)
-    c, inner = coefficients_fn(gram_hat, inner, extra)
+    c, inner = coefficients_fn(gram_hat, scale, inner, extra)
     if scale_degree != 1:
       c = c * scale ** (scale_degree - 1)
     t = gram_hat.shape[0]
@@ -222,7 +225,7 @@ def linear_scalarization(
 
   if track_diagnostics:
     direction_fn = gramian_direction(
-        lambda k, inner, extra: (weightings.linear(k, weights), inner),
+        lambda k, scale, inner, extra: (weightings.linear(k, weights), inner),
         shared=shared, preferences=weights)
   else:
     def direction_fn(grads, inner, extra):
@@ -253,8 +256,13 @@ def _aligned_svd_direction(shared, preferences, scale_mode) -> DirectionFn:
         [g.reshape(t, -1).astype(acc) for g in shared_leaves], axis=1)
     top = jnp.max(jnp.abs(matrix))
     inv = jnp.where((top > 0) & jnp.isfinite(top), 1 / top, 1)
+    # LAPACK's SVD does not terminate on a matrix containing Inf: decompose a
+    # finite stand-in and poison the result instead (the step is skipped).
+    finite = jnp.all(jnp.isfinite(matrix * inv))
     flat, c = weightings.aligned_direction_svd(
-        matrix * inv, heads.astype(acc), scale_mode)
+        jnp.where(finite, matrix * inv, 0), heads.astype(acc), scale_mode)
+    flat = jnp.where(finite, flat, jnp.nan)
+    c = jnp.where(finite, c, jnp.nan)
     flat = flat / inv   # Aligned-MTL is scale-equivariant: undo the scaling
     gram_hat = (matrix * inv) @ (matrix * inv).T
     gram_hat = gram_hat / jnp.where(jnp.max(jnp.diag(gram_hat)) > 0,
@@ -327,7 +335,7 @@ def aligned_mtl(
   weightings.aligned(jnp.eye(1), None, scale_mode)  # validates scale_mode
   if method == 'eigh':
     direction_fn = gramian_direction(
-        lambda k, inner, extra: (
+        lambda k, scale, inner, extra: (
             weightings.aligned(k, preferences, scale_mode), inner),
         shared=shared, preferences=preferences)
   elif method == 'svd':
@@ -356,7 +364,8 @@ def mgda(
     normalization: 'none' | 'l2' | 'loss' | 'loss+'. The last two need the
       task losses: ``tx.update(grads, state, params, losses=losses)``.
     max_iters: Frank-Wolfe iteration limit.
-    tol: stopping tolerance on the L1 change of α.
+    tol: Frank-Wolfe stopping tolerance (see
+      ``mtl_optax.weightings.min_norm_frank_wolfe``).
     shared: which leaves are shared.
     num_tasks: ``T``, to record the coefficients in the state.
 
@@ -375,7 +384,7 @@ def mgda(
                                   jnp.ones(1))   # validates the name
   degree = 0 if normalization in ('l2', 'loss+') else 1
 
-  def coefficients(k, inner, extra):
+  def coefficients(k, scale, inner, extra):
     return weightings.mgda(k, normalization, extra.get('losses'), max_iters,
                            tol), inner
 
@@ -385,7 +394,7 @@ def mgda(
 
 
 def _random_order_aggregator(weighting, preferences, shared, seed, num_tasks):
-  def coefficients(k, key, extra):
+  def coefficients(k, scale, key, extra):
     key, sub = jax.random.split(key)
     orders = weightings.random_orders(sub, k.shape[0])
     return weighting(k, orders, preferences), key

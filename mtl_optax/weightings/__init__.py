@@ -13,6 +13,17 @@ aggregators correct the others (see ``mtl_optax.mgda``).
 """
 
 from mtl_optax.weightings.aligned import aligned
+from mtl_optax.weightings.bargaining import fairgrad
+from mtl_optax.weightings.bargaining import nash_mtl
+from mtl_optax.weightings.bargaining import solve_power_balance
+from mtl_optax.weightings.cagrad import cagrad
+from mtl_optax.weightings.config import config
+from mtl_optax.weightings.dual_cone import dualproj
+from mtl_optax.weightings.dual_cone import project_to_dual_cone
+from mtl_optax.weightings.dual_cone import upgrad
+from mtl_optax.weightings.gradvac import gradvac
+from mtl_optax.weightings.imtl import imtl_g
+from mtl_optax.weightings import loss_based
 from mtl_optax.weightings.aligned import aligned_direction_svd
 from mtl_optax.weightings.linear import linear
 from mtl_optax.weightings.mamg import mamg
@@ -24,6 +35,17 @@ from mtl_optax.weightings.pcgrad import pcgrad
 from mtl_optax.weightings.pcgrad import random_orders
 
 __all__ = [
+    'cagrad',
+    'config',
+    'dualproj',
+    'fairgrad',
+    'gradvac',
+    'imtl_g',
+    'loss_based',
+    'nash_mtl',
+    'project_to_dual_cone',
+    'solve_power_balance',
+    'upgrad',
     'aligned',
     'aligned_direction_svd',
     'linear',

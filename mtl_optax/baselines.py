@@ -1,0 +1,390 @@
+"""The baselines the papers compare against, as Optax aggregators.
+
+Gramian-based (coefficients from the T×T Gramian of the shared leaves, the
+same engine as ``aligned_mtl``): ``imtl_g``, ``cagrad``, ``nash_mtl``,
+``upgrad``, ``dualproj``, ``gradvac``, ``fairgrad``, ``config``,
+``random_weighting`` and the wrapper ``ema_weighting``. Not expressible from
+the Gramian: ``graddrop`` (per-coordinate masks). The loss-based ones live in
+``mtl_optax.loss_weighting``.
+
+Every factory shares the behaviour documented in ``mtl_optax.aggregators``
+(``shared`` masks, task-specific leaves summed with the preferences, NaN/Inf
+steps skipped, diagnostics in the state). Methods whose state holds one value
+per task need ``num_tasks`` (``init`` only sees the parameters).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from optax.experimental import aggregating
+
+from mtl_optax import gramians as gram_lib
+from mtl_optax import weightings
+from mtl_optax.aggregators import _build
+from mtl_optax.aggregators import gramian_direction
+from mtl_optax.weightings.loss_based import random_weights
+
+
+def _require_num_tasks(name: str, num_tasks: int | None) -> int:
+  if num_tasks is None:
+    raise TypeError(
+        f'{name} keeps one value per task in its state: pass num_tasks=T '
+        '(the optimizer state is created from the parameters, which do not '
+        'tell T).')
+  if num_tasks < 1:
+    raise ValueError(f'num_tasks must be positive, got {num_tasks}.')
+  return int(num_tasks)
+
+
+def _stateless(weighting, shared, num_tasks, preferences=None, degree=1):
+  direction_fn = gramian_direction(
+      lambda k, scale, inner, extra: (weighting(k), inner),
+      shared=shared, preferences=preferences, scale_degree=degree)
+  return _build(direction_fn, num_tasks=num_tasks, preferences=preferences)
+
+
+def imtl_g(*, shared: gram_lib.SharedMask = None,
+           num_tasks: int | None = None) -> aggregating.Aggregator:
+  """IMTL-G (Liu et al., ICLR 2021): equal projections on every unit task
+  gradient, ``c ∝ K⁺ √diag K`` normalised to sum 1.
+
+  Finite for zero gradients (weight 0) and duplicated tasks (pseudo-inverse).
+  Cost: one Gramian, one ``eigh`` of T×T, one weighted sum.
+
+  Args:
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the weights in the state.
+
+  Returns:
+    An ``Aggregator``.
+  """
+  return _stateless(weightings.imtl_g, shared, num_tasks)
+
+
+def cagrad(c: float = 0.4, rescale: int = 1, *,
+           shared: gram_lib.SharedMask = None,
+           num_tasks: int | None = None,
+           max_iters: int = 100) -> aggregating.Aggregator:
+  """CAGrad (Liu et al., NeurIPS 2021): conflict-averse gradient descent.
+
+  ``d = g0 + (c‖g0‖/‖G w‖) G w`` with ``g0`` the mean gradient and ``w`` the
+  solution of the dual over the simplex (projected gradient descent in JAX,
+  ``max_iters`` iterations); ``rescale`` 0 | 1 (``/(1+c²)``, default) | 2
+  (``/(1+c)``). Note ``g0`` is a *mean*, as in the paper.
+
+  Args:
+    c: the radius factor (0.4 default; the paper uses 0.4-0.5).
+    rescale: 0, 1 or 2.
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the weights in the state.
+    max_iters: dual solver iterations.
+
+  Returns:
+    An ``Aggregator``.
+  """
+  weightings.cagrad(jnp.eye(1), c, rescale, 1)   # validates rescale
+  return _stateless(lambda k: weightings.cagrad(k, c, rescale, max_iters),
+                    shared, num_tasks)
+
+
+def upgrad(preferences: jax.Array | None = None, *,
+           shared: gram_lib.SharedMask = None,
+           num_tasks: int | None = None, iters: int = 500
+           ) -> aggregating.Aggregator:
+  """UPGrad (Quinton & Rey, 2024): every task gradient projected onto the dual
+  cone of the task gradients, then summed with the preferences (default ones;
+  the authors' library uses 1/T). Conflicts with no task.
+
+  Args:
+    preferences: ``[T]`` weights of the projections (and of the heads).
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the weights in the state.
+    iters: iterations of ``optax.nnls`` for the T projections.
+
+  Returns:
+    An ``Aggregator``.
+  """
+  return _stateless(lambda k: weightings.upgrad(k, preferences, iters), shared,
+                    num_tasks, preferences)
+
+
+def dualproj(preferences: jax.Array | None = None, *,
+             shared: gram_lib.SharedMask = None,
+             num_tasks: int | None = None, iters: int = 500
+             ) -> aggregating.Aggregator:
+  """DualProj (Quinton & Rey, 2024): the preference-weighted sum projected onto
+  the dual cone of the task gradients. Conflicts with no task.
+
+  Args:
+    preferences: ``[T]`` weights of the sum (default ones).
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the weights in the state.
+    iters: iterations of ``optax.nnls``.
+
+  Returns:
+    An ``Aggregator``.
+  """
+  return _stateless(lambda k: weightings.dualproj(k, preferences, iters),
+                    shared, num_tasks, preferences)
+
+
+def config(*, shared: gram_lib.SharedMask = None,
+           num_tasks: int | None = None) -> aggregating.Aggregator:
+  """ConFIG (Liu et al., ICLR 2025): the direction with equal cosine to every
+  task gradient (``U⁺ 1`` of the unit gradients), as long as the sum of the
+  task gradients' projections on it.
+
+  Args:
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the weights in the state.
+
+  Returns:
+    An ``Aggregator``.
+  """
+  return _stateless(weightings.config, shared, num_tasks)
+
+
+def fairgrad(alpha: float = 1.0, *, shared: gram_lib.SharedMask = None,
+             num_tasks: int | None = None, max_iters: int = 50
+             ) -> aggregating.Aggregator:
+  """FairGrad (Ban & Ji, ICML 2024): α-fair weights, ``K w = w^(-1/α)``.
+
+  Solved by damped Newton on a strictly convex potential (see
+  ``mtl_optax.weightings.solve_power_balance``). The update ``Σ w_t g_t`` scales as
+  ``σ^((1-α)/(1+α))`` with the gradients' scale σ (handled exactly for any
+  magnitude).
+
+  Args:
+    alpha: the fairness exponent (> 0).
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the weights in the state.
+    max_iters: Newton iterations.
+
+  Returns:
+    An ``Aggregator``.
+  """
+  if alpha <= 0:
+    raise ValueError(f'alpha must be positive, got {alpha}.')
+  return _stateless(lambda k: weightings.fairgrad(k, alpha, max_iters),
+                    shared, num_tasks, degree=(1 - alpha) / (1 + alpha))
+
+
+def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
+             optim_niter: int = 20, *, num_tasks: int | None = None,
+             shared: gram_lib.SharedMask = None) -> aggregating.Aggregator:
+  """Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution
+  ``K̃ α = 1/α`` on ``K̃ = K/‖K‖_F``, warm-started from the previous α.
+
+  Solved by damped Newton on ``½αᵀK̃α - Σ log α`` (its stationarity condition
+  is exactly the bargaining condition), so the weights cannot collapse to ~0
+  however large the losses. The weights are recomputed every
+  ``update_weights_every`` steps and reused in between (state). As in the
+  authors' code, the shared update's global norm is clipped to ``max_norm``
+  (0 disables it).
+
+  Args:
+    max_norm: clip of the shared update's L2 norm (0: none).
+    update_weights_every: recompute α every this many steps.
+    optim_niter: Newton iterations at most.
+    num_tasks: ``T`` (required: α lives in the state).
+    shared: which leaves are shared.
+
+  Returns:
+    An ``Aggregator``. Its ``inner`` state is ``(alpha, step)``.
+  """
+  t = _require_num_tasks('nash_mtl', num_tasks)
+  if update_weights_every < 1:
+    raise ValueError('update_weights_every must be >= 1.')
+
+  def coefficients(k, scale, inner, extra):
+    alpha, step = inner
+    fresh = jax.lax.cond(
+        step % update_weights_every == 0,
+        lambda: weightings.nash_mtl(k, alpha, optim_niter).astype(k.dtype),
+        lambda: alpha.astype(k.dtype))
+    c = fresh
+    if max_norm > 0:
+      norm = scale * jnp.sqrt(jnp.maximum(c @ k @ c, 0))
+      c = c * jnp.where(norm > max_norm, max_norm / jnp.where(norm > 0, norm, 1),
+                        1)
+    finite = jnp.all(jnp.isfinite(fresh))
+    return c, (jnp.where(finite, fresh, alpha).astype(alpha.dtype), step + 1)
+
+  direction_fn = gramian_direction(coefficients, shared=shared)
+  return _build(direction_fn, num_tasks=t, preferences=None,
+                init_inner=lambda: (jnp.ones((t,), jnp.float32),
+                                    jnp.zeros((), jnp.int32)))
+
+
+def gradvac(beta: float = 0.5, preferences: jax.Array | None = None, *,
+            num_tasks: int | None = None, shared: gram_lib.SharedMask = None,
+            seed: int = 0) -> aggregating.Aggregator:
+  """Gradient Vaccine (Wang et al., ICLR 2021): raise each pair's cosine to
+  its EMA target (``β`` the EMA rate), random order per task and step.
+
+  Args:
+    beta: EMA rate of the cosine targets.
+    preferences: ``[T]`` weights of the sum (default ones).
+    num_tasks: ``T`` (required: the ``T×T`` targets live in the state).
+    shared: which leaves are shared.
+    seed: PRNG seed for the visiting orders.
+
+  Returns:
+    An ``Aggregator``. Its ``inner`` state is ``(key, targets)``.
+  """
+  t = _require_num_tasks('gradvac', num_tasks)
+
+  def coefficients(k, scale, inner, extra):
+    key, targets = inner
+    key, sub = jax.random.split(key)
+    orders = weightings.random_orders(sub, t)
+    c, new_targets = weightings.gradvac(k, targets.astype(k.dtype), orders,
+                                         beta, preferences)
+    return c, (key, new_targets.astype(targets.dtype))
+
+  direction_fn = gramian_direction(coefficients, shared=shared,
+                                   preferences=preferences)
+  return _build(direction_fn, num_tasks=t, preferences=preferences,
+                init_inner=lambda: (jax.random.PRNGKey(seed),
+                                    jnp.zeros((t, t), jnp.float32)))
+
+
+def random_weighting(*, shared: gram_lib.SharedMask = None,
+                     num_tasks: int | None = None, seed: int = 0
+                     ) -> aggregating.Aggregator:
+  """RLW (Lin et al., TMLR 2022): weights ``softmax(z)``, ``z ~ N(0, I)``
+  drawn afresh each step (PRNG key in the state); heads use the same weights.
+
+  Args:
+    shared: which leaves are shared (only matters for diagnostics).
+    num_tasks: ``T``, to record the weights in the state.
+    seed: PRNG seed.
+
+  Returns:
+    An ``Aggregator``.
+  """
+
+  def direction_fn(grads, key, extra):
+    t = gram_lib.num_tasks(grads)
+    key, sub = jax.random.split(key)
+    c = random_weights(sub, t)
+    mask = gram_lib.resolve_shared_mask(shared, grads)
+    gram_hat, _ = gram_lib.normalized_gramian(grads, mask)
+    return gram_lib.weighted_sum(c, grads, mask, c), c, gram_hat, key
+
+  return _build(direction_fn, num_tasks=num_tasks, preferences=None,
+                init_inner=lambda: jax.random.PRNGKey(seed))
+
+
+def ema_weighting(weighting: Callable[[jax.Array], jax.Array],
+                  beta: float = 0.9, *, num_tasks: int | None = None,
+                  shared: gram_lib.SharedMask = None
+                  ) -> aggregating.Aggregator:
+  """Smooths any weighting's coefficients over steps (as CR-MOGM does):
+  ``c_k = β c_{k-1} + (1-β) ĉ_k``, starting from ``c_1 = ĉ_1``.
+
+  Args:
+    weighting: a scale-equivariant weighting ``K -> c``, e.g.
+      ``mtl.weightings.mgda`` or ``functools.partial(mtl.weightings.aligned,
+      preferences=w)``.
+    beta: the EMA factor in [0, 1).
+    num_tasks: ``T`` (required: the running coefficients live in the state).
+    shared: which leaves are shared.
+
+  Returns:
+    An ``Aggregator``. Its ``inner`` state is ``(running_c, step)``.
+  """
+  t = _require_num_tasks('ema_weighting', num_tasks)
+  if not 0 <= beta < 1:
+    raise ValueError(f'beta must be in [0, 1), got {beta}.')
+
+  def coefficients(k, scale, inner, extra):
+    running, step = inner
+    new = weighting(k).astype(k.dtype)
+    c = jnp.where(step == 0, new, beta * running.astype(k.dtype) +
+                  (1 - beta) * new)
+    return c, (c.astype(running.dtype), step + 1)
+
+  direction_fn = gramian_direction(coefficients, shared=shared)
+  return _build(direction_fn, num_tasks=t, preferences=None,
+                init_inner=lambda: (jnp.zeros((t,), jnp.float32),
+                                    jnp.zeros((), jnp.int32)))
+
+
+def graddrop(leak: float = 0.0, *, shared: gram_lib.SharedMask = None,
+             num_tasks: int | None = None, seed: int = 0,
+             track_diagnostics: bool = True) -> aggregating.Aggregator:
+  """GradDrop (Chen et al., NeurIPS 2020): per coordinate, keep the task
+  gradients of one sign, chosen at random with the sign purity
+  ``P = ½(1 + Σ_t g_t / Σ_t |g_t|)``.
+
+  ``M_t = [P > U] [g_t > 0] + [P < U] [g_t < 0]`` with ``U ~ U(0, 1)`` per
+  coordinate, and the update ``Σ_t (ℓ + (1-ℓ) M_t) g_t`` (``ℓ`` = leak).
+  Not Gramian-based: it costs a few elementwise passes over the stacked
+  shared gradients. Reading: the paper can multiply the gradients by the sign
+  of the layer inputs first (for batch-separated gradients); here the masks
+  act on the parameter gradients directly. ``weights`` in the state are all
+  ones (per-coordinate masks have no per-task coefficients).
+
+  Args:
+    leak: fraction of every gradient always kept (0: pure GradDrop).
+    shared: which leaves are shared (heads get their plain gradients).
+    num_tasks: ``T``, to record (ones) in ``weights``.
+    seed: PRNG seed of the masks.
+    track_diagnostics: also compute the Gramian for the diagnostics.
+
+  Returns:
+    An ``Aggregator``.
+  """
+
+  def direction_fn(grads, key, extra):
+    t = gram_lib.num_tasks(grads)
+    mask = gram_lib.resolve_shared_mask(shared, grads)
+    leaves, treedef = jax.tree.flatten(grads)
+    flags = jax.tree.leaves(mask)
+    key, sub = jax.random.split(key)
+    keys = jax.random.split(sub, len(leaves))
+    ones = jnp.ones((t,), jnp.float32)
+    out = []
+    for g, is_shared, k in zip(leaves, flags, keys):
+      acc = gram_lib.accumulation_dtype(g.dtype)
+      x = g.astype(acc)
+      if not is_shared:
+        out.append(jnp.sum(x, axis=0).astype(g.dtype))
+        continue
+      total_abs = jnp.sum(jnp.abs(x), axis=0)
+      purity = 0.5 * (1 + jnp.sum(x, axis=0) /
+                      jnp.where(total_abs > 0, total_abs, 1))
+      u = jax.random.uniform(k, purity.shape, acc)
+      keep = ((purity > u) & (x > 0)) | ((purity < u) & (x < 0))
+      factor = leak + (1 - leak) * keep.astype(acc)
+      out.append(jnp.sum(factor * x, axis=0).astype(g.dtype))
+    gram_hat = None
+    if track_diagnostics:
+      gram_hat, _ = gram_lib.normalized_gramian(grads, mask)
+    else:
+      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
+      ones = jnp.where(finite, ones, jnp.nan)
+    return jax.tree.unflatten(treedef, out), ones, gram_hat, key
+
+  return _build(direction_fn, num_tasks=num_tasks, preferences=None,
+                init_inner=lambda: jax.random.PRNGKey(seed),
+                track_diagnostics=track_diagnostics)
+
+
+__all__ = [
+    'cagrad',
+    'config',
+    'dualproj',
+    'ema_weighting',
+    'fairgrad',
+    'graddrop',
+    'gradvac',
+    'imtl_g',
+    'nash_mtl',
+    'random_weighting',
+    'upgrad',
+]

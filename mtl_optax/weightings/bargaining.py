@@ -1,0 +1,142 @@
+"""Nash-MTL (Navon et al., ICML 2022) and FairGrad (Ban & Ji, ICML 2024):
+weights ``w > 0`` with ``K w = w^(-1/α)`` (elementwise).
+
+Nash-MTL's bargaining solution is ``K α = 1/α`` (α = 1), on the Gramian
+normalised by its Frobenius norm; FairGrad's α-fair update solves
+``K w = w^(-1/α)`` on the raw Gramian.
+
+Both are the stationarity condition of a strictly convex function on
+``w > 0``:
+
+    φ(w) = ½ wᵀ K w - Σ_i h(w_i),  h(w) = log w (α = 1),
+                                   h(w) = w^(1-1/α) / (1 - 1/α) (α ≠ 1),
+
+whose gradient is ``K w - w^(-1/α)`` and Hessian ``K + (1/α) diag(w^(-1-1/α))``
+(positive definite). We minimise φ by damped Newton steps with a backtracking
+line search that keeps ``w > 0``, inside ``lax.while_loop``: quadratic
+convergence, no cvxpy. (The reference Nash-MTL code solves the same condition
+by a sequence of convex programs with cvxpy; its weights collapse to ~0 when a
+solve fails on badly scaled losses. Newton on φ cannot: φ's minimiser is
+unique and every iterate stays positive.)
+
+A task with a zero gradient has no finite solution (φ decreases forever along
+``e_i``); its weight is capped at ``max_weight`` (documented, finite).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _potential(w, gram, alpha):
+  if alpha == 1:
+    h = jnp.log(w)
+  else:
+    p = 1 - 1 / alpha
+    h = w ** p / p
+  return 0.5 * w @ gram @ w - jnp.sum(h)
+
+
+def solve_power_balance(
+    gram: jax.Array,
+    alpha: float = 1.0,
+    init: jax.Array | None = None,
+    max_iters: int = 20,
+    tol: float = 1e-10,
+    max_weight: float = 1e6,
+) -> tuple[jax.Array, jax.Array]:
+  """Solves ``K w = w^(-1/α)``, ``w > 0``, by damped Newton on φ.
+
+  Args:
+    gram: ``[T, T]`` Gramian.
+    alpha: the fairness exponent ``α > 0`` (1 for Nash-MTL).
+    init: ``[T]`` positive warm start; default all ones.
+    max_iters: Newton iterations at most.
+    tol: stop when the Newton decrement ``λ²/2`` relative to ``|φ|+1`` is
+      below this.
+    max_weight: cap on every weight (only reached for zero gradients).
+
+  Returns:
+    ``(w, iterations)``.
+  """
+  t = gram.shape[0]
+  dtype = gram.dtype
+  if alpha <= 0:
+    raise ValueError(f'alpha must be positive, got {alpha}.')
+  w0 = jnp.ones((t,), dtype) if init is None else jnp.clip(
+      jnp.asarray(init, dtype), 1e-6, max_weight)
+  w0 = jnp.where(jnp.all(jnp.isfinite(w0)), w0, jnp.ones((t,), dtype))
+  sym = 0.5 * (gram + gram.T)
+
+  def newton_direction(w):
+    grad = sym @ w - w ** (-1 / alpha)
+    hess = sym + jnp.diag((1 / alpha) * w ** (-1 - 1 / alpha))
+    step = jnp.linalg.solve(hess, grad)
+    return grad, step
+
+  def cond(carry):
+    _, it, decrement = carry
+    return (it < max_iters) & (decrement > tol)
+
+  def body(carry):
+    w, it, _ = carry
+    grad, step = newton_direction(w)
+    # Largest step keeping w positive (fraction to the boundary 0.99).
+    ratio = jnp.where(step > 0, w / jnp.where(step > 0, step, 1), jnp.inf)
+    s0 = jnp.minimum(1.0, 0.99 * jnp.min(ratio))
+    f0 = _potential(w, sym, alpha)
+    slope = grad @ step
+
+    def ls_cond(s):
+      trial = jnp.clip(w - s * step, jnp.finfo(dtype).tiny, max_weight)
+      return (_potential(trial, sym, alpha) > f0 - 0.25 * s * slope) & (
+          s > 1e-8)
+
+    s = lax.while_loop(ls_cond, lambda s: 0.5 * s, s0)
+    new = jnp.clip(w - s * step, jnp.finfo(dtype).tiny, max_weight)
+    decrement = jnp.abs(slope) / (jnp.abs(f0) + 1)
+    return new, it + 1, decrement
+
+  w, iters, _ = lax.while_loop(
+      cond, body, (w0, jnp.zeros((), jnp.int32), jnp.full((), jnp.inf, dtype)))
+  return w, iters
+
+
+def nash_mtl(
+    gram: jax.Array,
+    init: jax.Array | None = None,
+    max_iters: int = 20,
+) -> jax.Array:
+  """Nash-MTL weights: ``K̃ α = 1/α`` with ``K̃ = K / ‖K‖_F``.
+
+  Args:
+    gram: ``[T, T]`` Gramian.
+    init: warm start (the previous step's α).
+    max_iters: Newton iterations at most (``optim_niter``).
+
+  Returns:
+    ``[T]`` weights α (the update is ``Σ α_t g_t``; the max-norm clipping of
+    the paper's code is applied by the aggregator).
+  """
+  norm = jnp.linalg.norm(gram)
+  normalized = gram / jnp.where(norm > 0, norm, 1)
+  alpha, _ = solve_power_balance(normalized, 1.0, init, max_iters)
+  return jnp.where(norm > 0, alpha, jnp.zeros_like(alpha))
+
+
+def fairgrad(gram: jax.Array, alpha: float = 1.0, max_iters: int = 50
+             ) -> jax.Array:
+  """FairGrad weights: ``K w = w^(-1/α)`` on the Gramian as given.
+
+  Args:
+    gram: ``[T, T]`` Gramian.
+    alpha: fairness exponent (1: proportional fairness; → ∞: max-min).
+    max_iters: Newton iterations at most.
+
+  Returns:
+    ``[T]`` weights (zeros for a zero Gramian).
+  """
+  w, _ = solve_power_balance(gram, alpha, None, max_iters)
+  return jnp.where(jnp.any(gram != 0), w, jnp.zeros_like(w))

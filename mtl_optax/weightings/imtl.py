@@ -1,0 +1,52 @@
+"""IMTL-G (Liu et al., ICLR 2021), the gradient part of Impartial MTL.
+
+The update ``d = Σ_t c_t g_t`` with ``Σ_t c_t = 1`` has equal projections on
+every unit task gradient ``u_t = g_t/‖g_t‖``: ``<d, u_t>`` is the same for all
+t. Since ``<d, u_t> = (K c)_t / ‖g_t‖``, this is ``K c ∝ n`` with
+``n = √diag(K)``, i.e. ``c ∝ K⁺ n`` (the paper's closed form, Eq. 9, written
+with the Gramian), normalised to sum 1.
+
+``K⁺`` is the pseudo-inverse with Aligned-MTL's truncation (``λ ≤ λ_max T
+eps`` dropped), so duplicated tasks and zero gradients give finite weights: a
+zero gradient has ``n_t = 0`` and gets weight 0. If the unnormalised weights
+sum to 0 (no direction has equal positive projections), uniform weights
+``1/T`` are returned.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from mtl_optax.weightings.aligned import kept_spectrum
+
+
+def pinv_psd(gram: jax.Array) -> jax.Array:
+  """Pseudo-inverse of a PSD Gramian, truncating ``λ ≤ λ_max · T · eps``."""
+  squared, vectors = jnp.linalg.eigh(0.5 * (gram + gram.T))
+  keep, _ = kept_spectrum(squared)
+  inv = jnp.where(keep, 1 / jnp.where(keep, squared, 1), 0)
+  return (vectors * inv) @ vectors.T
+
+
+def imtl_g(gram: jax.Array) -> jax.Array:
+  """IMTL-G coefficients ``c = K⁺ n / 1ᵀK⁺ n``, ``n = √diag K``.
+
+  Args:
+    gram: ``[T, T]`` Gramian.
+
+  Returns:
+    ``[T]`` coefficients summing to 1.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mtl_optax import weightings
+    >>> g = jnp.array([[2., 0.], [0., 1.]])
+    >>> [round(x, 4) for x in weightings.imtl_g(g @ g.T).tolist()]
+    [0.3333, 0.6667]
+  """
+  t = gram.shape[0]
+  norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0))
+  raw = pinv_psd(gram) @ norms
+  total = jnp.sum(raw)
+  ok = jnp.abs(total) > jnp.finfo(gram.dtype).eps * jnp.sum(jnp.abs(raw))
+  return jnp.where(ok, raw / jnp.where(ok, total, 1),
+                   jnp.full((t,), 1 / t, gram.dtype))
