@@ -96,17 +96,50 @@ TARGET_P = 10_000_000
 TARGET_RATIO = 1.2
 TARGET_COMPILE_S = 10.0
 
-# (column label, full name, factory)
-AGGREGATORS: list[tuple[str, str, Callable[[], Any]]] = [
-    ('LS', 'linear_scalarization()', mtl.linear_scalarization),
+# (column label, full name, factory of T). The issue-3 methods, then the
+# Gramian-based method family and GradDrop (loss-based methods cost a Gramian
+# for their diagnostics plus a weighted sum, like `LS`).
+AGGREGATORS: list[tuple[str, str, Callable[[int], Any]]] = [
+    ('LS', 'linear_scalarization()', lambda t: mtl.linear_scalarization()),
     ('LS-nodiag', 'linear_scalarization(track_diagnostics=False)',
-     lambda: mtl.linear_scalarization(track_diagnostics=False)),
-    ('aligned_mtl', 'aligned_mtl()', mtl.aligned_mtl),
-    ('mgda', 'mgda()', mtl.mgda),
-    ('mgda-l2', "mgda('l2')", lambda: mtl.mgda('l2')),
-    ('pcgrad', 'pcgrad()', mtl.pcgrad),
-    ('mamg', 'mamg()', mtl.mamg),
+     lambda t: mtl.linear_scalarization(track_diagnostics=False)),
+    ('aligned_mtl', 'aligned_mtl()', lambda t: mtl.aligned_mtl()),
+    ('mgda', 'mgda()', lambda t: mtl.mgda()),
+    ('mgda-l2', "mgda('l2')", lambda t: mtl.mgda('l2')),
+    ('pcgrad', 'pcgrad()', lambda t: mtl.pcgrad()),
+    ('mamg', 'mamg()', lambda t: mtl.mamg()),
+    ('imtl_g', 'imtl_g()', lambda t: mtl.imtl_g()),
+    ('cagrad', 'cagrad()', lambda t: mtl.cagrad()),
+    ('nash_mtl', 'nash_mtl(num_tasks=T)', lambda t: mtl.nash_mtl(num_tasks=t)),
+    ('upgrad', 'upgrad()', lambda t: mtl.upgrad()),
+    ('dualproj', 'dualproj()', lambda t: mtl.dualproj()),
+    ('gradvac', 'gradvac(num_tasks=T)', lambda t: mtl.gradvac(num_tasks=t)),
+    ('fairgrad', 'fairgrad()', lambda t: mtl.fairgrad()),
+    ('config', 'config()', lambda t: mtl.config()),
+    ('rlw', 'random_weighting()', lambda t: mtl.random_weighting()),
+    ('graddrop', 'graddrop()', lambda t: mtl.graddrop()),
 ]
+# Methods held to the issue-3 target (1.2x) rather than the family's (1.3x).
+CORE_LABELS = ('LS', 'LS-nodiag', 'aligned_mtl', 'mgda', 'mgda-l2', 'pcgrad',
+               'mamg')
+FAMILY_TARGET_RATIO = 1.3
+
+# The weighting solves alone (Gramian in, coefficients out), timed at the
+# largest T: they must be negligible next to the Gramian.
+WEIGHTINGS: dict[str, Callable[[Any, Any], Any]] = {
+    'aligned': lambda k, o: mtl.weightings.aligned(k),
+    'mgda': lambda k, o: mtl.weightings.mgda(k),
+    'pcgrad': lambda k, o: mtl.weightings.pcgrad(k, o),
+    'mamg': lambda k, o: mtl.weightings.mamg(k, o),
+    'imtl_g': lambda k, o: mtl.weightings.imtl_g(k),
+    'cagrad': lambda k, o: mtl.weightings.cagrad(k),
+    'nash_mtl': lambda k, o: mtl.weightings.nash_mtl(k),
+    'upgrad': lambda k, o: mtl.weightings.upgrad(k),
+    'dualproj': lambda k, o: mtl.weightings.dualproj(k),
+    'gradvac': lambda k, o: mtl.weightings.gradvac(k, jnp.zeros_like(k), o)[0],
+    'fairgrad': lambda k, o: mtl.weightings.fairgrad(k),
+    'config': lambda k, o: mtl.weightings.config(k),
+}
 AGG_LABELS = [label for label, _, _ in AGGREGATORS]
 
 
@@ -251,7 +284,8 @@ def _check_results(grads, matrix, c, gram_compiled, combine_compiled,
 
 
 def run_config(layout: str, t: int, p: int, repeats: int, seed: int,
-               log=print) -> dict:
+               log=print, selected=None) -> dict:
+  selected = AGG_LABELS if selected is None else selected
   t_start = time.perf_counter()
   grads, matrix, c = make_data(layout, t, p, seed)
   t_data = time.perf_counter() - t_start
@@ -309,7 +343,9 @@ def run_config(layout: str, t: int, p: int, repeats: int, seed: int,
   del gram_c, comb_c
 
   for label, _, factory in AGGREGATORS:
-    tx = factory()
+    if label not in selected:
+      continue
+    tx = factory(t)
     state = tx.init(None)
     update_c, lo, co = compile_fn(tx.update, grads, state)
     record(label, lo, co,
@@ -318,10 +354,18 @@ def run_config(layout: str, t: int, p: int, repeats: int, seed: int,
     del update_c, tx, state
     gc.collect()
 
-  agg = [row['functions'][label] for label in AGG_LABELS]
+  agg = [row['functions'][label] for label in AGG_LABELS
+         if label in row['functions']]
+  core = [row['functions'][label] for label in CORE_LABELS
+          if label in row['functions']]
+  family = [row['functions'][label] for label in AGG_LABELS
+            if label in row['functions'] and label not in CORE_LABELS]
+  row['max_ratio_core'] = max((f['ratio'] for f in core), default=0.0)
+  row['max_ratio_family'] = max((f['ratio'] for f in family), default=0.0)
   row['max_ratio'] = max(f['ratio'] for f in agg)
   row['max_compile_s'] = max(f['compile_total_s'] for f in agg)
-  row['ratio_ok'] = row['max_ratio'] <= TARGET_RATIO
+  row['ratio_ok'] = (row['max_ratio_core'] <= TARGET_RATIO and
+                     row['max_ratio_family'] <= FAMILY_TARGET_RATIO)
   row['compile_ok'] = row['max_compile_s'] <= TARGET_COMPILE_S
   row['is_target'] = (t == TARGET_T and p == TARGET_P)
   if row['is_target']:
@@ -398,7 +442,8 @@ def _p(p: int) -> str:
   return f'{p:.3g}' if p % 10 ** (len(str(p)) - 1) == 0 else f'{p:,}'
 
 
-def markdown(rows: list[dict], info: dict, args) -> str:
+def markdown(rows: list[dict], info: dict, args,
+             weighting_times: dict[str, float] | None = None) -> str:
   out = ['# mtl_optax speed benchmark', '']
   out.append(
       f'- date: {info["date"]}\n'
@@ -421,32 +466,38 @@ def markdown(rows: list[dict], info: dict, args) -> str:
       f'{TARGET_RATIO}× the numpy baseline (`J @ J.T` + `c @ J`) and compiles '
       f'in ≤ {TARGET_COMPILE_S:.0f} s.')
   out.append('')
+  out.append(
+      f'Family target (issue 4): every other Gramian-based method ≤ '
+      f'{FAMILY_TARGET_RATIO}× the same baseline.')
+  out.append('')
   out.append('## Steady-state time (s, median) and ratio to the numpy '
              'baseline')
   out.append('')
-  header = (['layout', 'T', 'P', 'numpy JJᵀ+c@J (s)', 'gramian (s)',
-             'combine (s)'] + [f'{label} (s)' for label in AGG_LABELS] +
-            ['target'])
-  out.append('| ' + ' | '.join(header) + ' |')
-  out.append('|' + '|'.join(['---'] + ['---:'] * (len(header) - 2) +
-                            [':---:']) + '|')
-  for r in rows:
-    f = r['functions']
-    layout = r['layout'] if r['layout'] == 'flat' else \
-        f'{r["layout"]} ({r["num_leaves"]} leaves)'
-    cells = [layout, str(r['T']), _p(r['P']), _s(r['numpy']['median']),
-             f'{_s(f["gramian"]["median"])} '
-             f'({f["gramian"]["ratio_to_part"]:.2f}× JJᵀ)',
-             f'{_s(f["combine"]["median"])} '
-             f'({f["combine"]["ratio_to_part"]:.2f}× c@J)']
-    for label in AGG_LABELS:
-      x = f[label]
-      mark = '**' if r['is_target'] and x['ratio'] > TARGET_RATIO else ''
+  configs = [f'{r["layout"]} T={r["T"]} P={_p(r["P"])}' for r in rows]
+  out.append('| | ' + ' | '.join(configs) + ' |')
+  out.append('|---|' + '---:|' * len(rows))
+  out.append('| numpy `J@J.T + c@J` | ' + ' | '.join(
+      _s(r['numpy']['median']) for r in rows) + ' |')
+  for name, part in (('gramian', 'JJᵀ'), ('combine', 'c@J')):
+    out.append(f'| `{name}` | ' + ' | '.join(
+        f'{_s(r["functions"][name]["median"])} '
+        f'({r["functions"][name]["ratio_to_part"]:.2f}× {part})'
+        for r in rows) + ' |')
+  for label in AGG_LABELS:
+    cells = []
+    for r in rows:
+      x = r['functions'].get(label)
+      if x is None:
+        cells.append('—')
+        continue
+      limit = TARGET_RATIO if label in CORE_LABELS else FAMILY_TARGET_RATIO
+      mark = '**' if r['is_target'] and x['ratio'] > limit else ''
       cells.append(f'{_s(x["median"])} ({mark}{x["ratio"]:.2f}×{mark})')
-    cells.append(r.get('verdict', '—'))
-    out.append('| ' + ' | '.join(cells) + ' |')
+    out.append(f'| {label} | ' + ' | '.join(cells) + ' |')
+  out.append('| target | ' + ' | '.join(r.get('verdict', '—') for r in rows) +
+             ' |')
   out.append('')
-  out.append('Columns: ' + '; '.join(
+  out.append('Rows: ' + '; '.join(
       f'`{label}` = `{name}`' for label, name, _ in AGGREGATORS) +
       '. Aggregator ratios are to the numpy baseline `J @ J.T + c @ J` (the '
       'faster of the two products back to back and the sum of their '
@@ -457,27 +508,49 @@ def markdown(rows: list[dict], info: dict, args) -> str:
   out.append('')
 
   max_t = max(r['T'] for r in rows)
+  top = [r for r in rows if r['T'] == max_t]
   out.append(f'## Compile time at T={max_t} (s; trace + lower + XLA compile, '
              '`jax.jit(f).lower(...).compile()`)')
   out.append('')
-  header = ['layout', 'T', 'P', 'gramian', 'combine'] + AGG_LABELS + \
-      [f'all ≤ {TARGET_COMPILE_S:.0f} s']
-  out.append('| ' + ' | '.join(header) + ' |')
-  out.append('|' + '|'.join(['---'] + ['---:'] * (len(header) - 2) +
-                            [':---:']) + '|')
-  for r in rows:
-    if r['T'] != max_t:
-      continue
-    f = r['functions']
-    cells = [r['layout'], str(r['T']), _p(r['P'])]
-    cells += [f'{f[n]["compile_total_s"]:.2f}'
-              for n in ['gramian', 'combine'] + AGG_LABELS]
-    cells.append('PASS' if r['compile_ok'] else 'FAIL')
-    out.append('| ' + ' | '.join(cells) + ' |')
+  out.append('| | ' + ' | '.join(
+      f'{r["layout"]} ({r["num_leaves"]} leaves) P={_p(r["P"])}'
+      for r in top) + ' |')
+  out.append('|---|' + '---:|' * len(top))
+  for name in ['gramian', 'combine'] + AGG_LABELS:
+    out.append(f'| {name} | ' + ' | '.join(
+        f'{r["functions"][name]["compile_total_s"]:.2f}'
+        if name in r['functions'] else '—' for r in top) + ' |')
+  out.append(f'| all ≤ {TARGET_COMPILE_S:.0f} s | ' + ' | '.join(
+      'PASS' if r['compile_ok'] else 'FAIL' for r in top) + ' |')
   out.append('')
+  if weighting_times:
+    out.append(f'## The weighting solve alone at T={max_t} (ms, median; '
+               'Gramian in, coefficients out)')
+    out.append('')
+    out.append('| ' + ' | '.join(weighting_times) + ' |')
+    out.append('|' + '---:|' * len(weighting_times))
+    out.append('| ' + ' | '.join(f'{v * 1e3:.3f}'
+                                 for v in weighting_times.values()) + ' |')
+    out.append('')
   out.append(summary_line(rows))
   out.append('')
   return '\n'.join(out)
+
+
+def time_weightings(t: int, repeats: int, seed: int = 0) -> dict[str, float]:
+  """Median time of each weighting function on a random ``[t, t]`` Gramian."""
+  rng = np.random.default_rng(seed)
+  g = rng.standard_normal((t, 4 * t)).astype(np.float32)
+  g[: t // 2] -= 0.5 * g[t // 2:t // 2 * 2]          # some conflicts
+  k = jnp.asarray(g @ g.T)
+  k = k / jnp.max(jnp.diag(k))
+  orders = mtl.weightings.random_orders(jax.random.PRNGKey(seed), t)
+  out = {}
+  for name, fn in WEIGHTINGS.items():
+    compiled = jax.jit(fn).lower(k, orders).compile()
+    out[name] = statistics.median(
+        time_calls(lambda: compiled(k, orders), max(repeats, 20)))
+  return out
 
 
 def summary_line(rows: list[dict]) -> str:
@@ -487,7 +560,8 @@ def summary_line(rows: list[dict]) -> str:
             'this run: no PASS/FAIL.')
   parts = []
   for r in target:
-    worst = max(AGG_LABELS, key=lambda n: r['functions'][n]['ratio'])
+    present = [n for n in AGG_LABELS if n in r['functions']]
+    worst = max(present, key=lambda n: r['functions'][n]['ratio'])
     parts.append(
         f'{r["layout"]}: {r["verdict"]} (worst {worst} '
         f'{r["functions"][worst]["ratio"]:.2f}×, max compile '
@@ -524,6 +598,9 @@ def parse_args(argv=None):
                            'stem with .json (default: '
                            'benchmarks/results/speed.md next to this script)')
   parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--methods', default=None,
+                      help='comma-separated column labels to run (default: '
+                           'all): ' + ','.join(AGG_LABELS))
   parser.add_argument('--quick', action='store_true',
                       help='smoke test: T in {2, 10}, P = 1e5, 2 repeats '
                            '(explicit --tasks/--params/--repeats win)')
@@ -538,6 +615,11 @@ def parse_args(argv=None):
   for layout in args.layouts:
     if layout not in ('flat', 'tree'):
       parser.error(f'unknown layout {layout!r} (flat, tree)')
+  args.methods = AGG_LABELS if not args.methods else [
+      x.strip() for x in args.methods.split(',') if x.strip()]
+  for label in args.methods:
+    if label not in AGG_LABELS:
+      parser.error(f'unknown method {label!r}; known: {AGG_LABELS}')
   if args.repeats is None:
     args.repeats = 2 if quick else 5
   if args.repeats < 1:
@@ -565,11 +647,13 @@ def main(argv=None) -> int:
       for t in args.tasks:
         seed = args.seed + 1000 * t + p % 997
         rows.append(run_config(layout, t, p, args.repeats, seed,
-                               log=lambda *a: print(*a, flush=True)))
+                               log=lambda *a: print(*a, flush=True),
+                               selected=args.methods))
+  weighting_times = time_weightings(max(args.tasks), args.repeats)
   elapsed = time.perf_counter() - t0
   info['loadavg_end'] = _loadavg()
 
-  text = markdown(rows, info, args)
+  text = markdown(rows, info, args, weighting_times)
   print('\n' + text)
   print(f'(benchmark wall time {elapsed:.1f} s)')
 
@@ -584,6 +668,7 @@ def main(argv=None) -> int:
       'aggregators': {label: name for label, name, _ in AGGREGATORS},
       'wall_time_s': elapsed,
       'results': rows,
+      'weighting_ms': {k: v * 1e3 for k, v in weighting_times.items()},
       'summary': summary_line(rows),
   }
   json_path = out.with_suffix('.json')

@@ -27,10 +27,12 @@ applied step, or None), ``diagnostics`` (``mtl_optax.diagnostics``, from the
 same Gramian), ``num_skipped`` and ``last_skipped`` (see below) and the
 method's own state (``inner``, e.g. a PRNG key).
 
-Non-finite gradients: if any NaN/Inf reaches the Gramian, the coefficients or
-the update, the step is skipped: the update is all zeros, ``weights`` and
-``diagnostics`` keep their previous values, ``last_skipped`` is True and
-``num_skipped`` counts it. Parameters never become NaN through an aggregator.
+Non-finite gradients: if any NaN/Inf is in the gradients (the Gramian covers
+the shared leaves, a direct check the others), the losses or the
+coefficients, the step is skipped: the update is all zeros, ``weights``,
+``diagnostics`` and the method's own state (``inner``: keys, warm starts,
+learned weights, loss histories) keep their previous values, ``last_skipped``
+is True and ``num_skipped`` counts it. Parameters never become NaN through an aggregator.
 (Adam-like optimizers downstream still see a zero gradient; to freeze them as
 well, wrap the whole chain in ``optax.apply_if_finite``.)
 
@@ -64,9 +66,43 @@ class AggregatorState(NamedTuple):
   inner: Any
 
 
-# direction_fn(grads, mask, inner, extra) -> (direction, coefficients,
-#                                            gram_hat or None, inner)
-DirectionFn = Callable[..., tuple[PyTree, jax.Array, Any, Any]]
+class Proposal(NamedTuple):
+  """What a method proposes for one step, before the NaN/Inf check.
+
+  Attributes:
+    coefficients: ``[T]`` coefficients (recorded in ``weights``).
+    gram_hat: the normalised Gramian of the shared leaves, or None. When
+      given, its finiteness certifies every shared leaf (a NaN/Inf entry
+      makes the Gramian non-finite) and it feeds the diagnostics.
+    inner: the method's new state.
+    inputs_ok: finiteness of whatever ``gram_hat`` does not cover (the
+      task-specific leaves, the losses, or every leaf when there is no
+      Gramian).
+    combine: computes the update; called only when the step is not skipped,
+      so a skipped step costs no weighted sum and compiles no per-leaf
+      selects.
+  """
+  coefficients: jax.Array
+  gram_hat: jax.Array | None
+  inner: Any
+  inputs_ok: jax.Array
+  combine: Callable[[], PyTree]
+
+
+# direction_fn(grads, inner, extra) -> Proposal
+DirectionFn = Callable[..., Proposal]
+
+
+def leaves_finite(grads: PyTree, mask: PyTree | None = None,
+                  shared: bool | None = None) -> jax.Array:
+  """True when every leaf (or every leaf whose mask equals ``shared``) is
+  finite."""
+  ok = jnp.ones((), bool)
+  flags = jax.tree.leaves(mask) if mask is not None else None
+  for i, leaf in enumerate(jax.tree.leaves(grads)):
+    if flags is None or flags[i] == shared:
+      ok &= jnp.all(jnp.isfinite(leaf))
+  return ok
 
 
 def _check_extra_args(extra: dict[str, Any]) -> None:
@@ -85,7 +121,13 @@ def _build(
     init_inner: Callable[[], Any] = tuple,
     track_diagnostics: bool = True,
 ) -> aggregating.Aggregator:
-  """Wraps a direction function with validation, NaN handling and state."""
+  """Wraps a direction function with validation, NaN handling and state.
+
+  A step is skipped when the coefficients, the Gramian or the inputs it does
+  not cover are not finite: the update is zeros, and the whole state (the
+  method's own included: learned weights, warm starts, loss histories, PRNG
+  keys) stays as it was, so one bad batch cannot poison later steps.
+  """
   if preferences is not None:
     t_pref = int(jnp.shape(preferences)[0])
     if num_tasks is not None and num_tasks != t_pref:
@@ -113,15 +155,15 @@ def _build(
           f'The stacked gradients have {t} tasks on their leading axis but '
           f'the aggregator was built for {num_tasks}.')
     _check_extra_args(extra)
-    direction, coefficients, gram_hat, inner = direction_fn(
-        grads, state.inner, extra)
-    ok = jnp.all(jnp.isfinite(coefficients))
-    for leaf in jax.tree.leaves(direction):
-      ok &= jnp.all(jnp.isfinite(leaf))
+    proposal = direction_fn(grads, state.inner, extra)
+    gram_hat = proposal.gram_hat
+    ok = jnp.all(jnp.isfinite(proposal.coefficients)) & proposal.inputs_ok
     if gram_hat is not None:
       ok &= jnp.all(jnp.isfinite(gram_hat))
-    direction = jax.tree.map(
-        lambda d: jnp.where(ok, d, jnp.zeros_like(d)), direction)
+    direction = jax.lax.cond(
+        ok, proposal.combine,
+        lambda: jax.tree.map(lambda g: jnp.zeros(g.shape[1:], g.dtype),
+                             grads))
 
     if track_diagnostics and gram_hat is not None:
       safe_gram = jnp.where(ok, gram_hat, jnp.eye(t, dtype=gram_hat.dtype))
@@ -132,7 +174,10 @@ def _build(
       new_diag = state.diagnostics
     weights = state.weights
     if weights is not None:
-      weights = jnp.where(ok, coefficients.astype(weights.dtype), weights)
+      weights = jnp.where(ok, proposal.coefficients.astype(weights.dtype),
+                          weights)
+    inner = jax.tree.map(lambda n, o: jnp.where(ok, n, o), proposal.inner,
+                         state.inner)
     new_state = AggregatorState(
         weights=weights,
         diagnostics=new_diag,
@@ -173,7 +218,7 @@ def gramian_direction(
       ``scale^(p-1)`` to be those of the true gradients.
 
   Returns:
-    A function ``(grads, inner, extra) -> (direction, c, K_hat, inner)``.
+    A function ``(grads, inner, extra) -> Proposal``.
   """
 
   def direction_fn(grads, inner, extra):
@@ -184,8 +229,11 @@ def gramian_direction(
       c = c * scale ** (scale_degree - 1)
     t = gram_hat.shape[0]
     heads = _head_weights(preferences, t, c.dtype)
-    direction = gram_lib.weighted_sum(c, grads, mask, task_weights=heads)
-    return direction, c, gram_hat, inner
+    return Proposal(
+        coefficients=c, gram_hat=gram_hat, inner=inner,
+        inputs_ok=leaves_finite(grads, mask, shared=False),
+        combine=lambda: gram_lib.weighted_sum(c, grads, mask,
+                                              task_weights=heads))
 
   return direction_fn
 
@@ -231,7 +279,8 @@ def linear_scalarization(
     def direction_fn(grads, inner, extra):
       t = gram_lib.num_tasks(grads)
       c = _head_weights(weights, t)
-      return gram_lib.combine(c, grads), c, None, inner
+      return Proposal(c, None, inner, leaves_finite(grads),
+                      lambda: gram_lib.combine(c, grads))
 
   return _build(direction_fn, num_tasks=num_tasks, preferences=weights,
                 track_diagnostics=track_diagnostics)
@@ -247,9 +296,10 @@ def _aligned_svd_direction(shared, preferences, scale_mode) -> DirectionFn:
     flags = jax.tree.leaves(mask)
     shared_leaves = [g for g, m in zip(leaves, flags) if m]
     heads = _head_weights(preferences, t)
+    heads_ok = leaves_finite(grads, mask, shared=False)
     if not shared_leaves:
-      c = heads
-      return gram_lib.weighted_sum(c, grads, mask, heads), c, None, inner
+      return Proposal(heads, None, inner, heads_ok,
+                      lambda: gram_lib.weighted_sum(heads, grads, mask, heads))
     acc = jnp.result_type(*[gram_lib.accumulation_dtype(g.dtype)
                             for g in shared_leaves])
     matrix = jnp.concatenate(
@@ -267,18 +317,23 @@ def _aligned_svd_direction(shared, preferences, scale_mode) -> DirectionFn:
     gram_hat = (matrix * inv) @ (matrix * inv).T
     gram_hat = gram_hat / jnp.where(jnp.max(jnp.diag(gram_hat)) > 0,
                                     jnp.max(jnp.diag(gram_hat)), 1)
-    head_part = jax.tree.leaves(
-        gram_lib.weighted_sum(heads, grads, mask, heads))
-    out, offset = [], 0
-    for g, m, h in zip(leaves, flags, head_part):
-      if m:
-        size = g[0].size
-        out.append(flat[offset:offset + size].reshape(g.shape[1:]).astype(
-            g.dtype))
-        offset += size
-      else:
-        out.append(h)
-    return jax.tree.unflatten(treedef, out), c, gram_hat, inner
+
+    def combine():
+      head_part = jax.tree.leaves(
+          gram_lib.weighted_sum(heads, grads, mask, heads))
+      out, offset = [], 0
+      for g, m, h in zip(leaves, flags, head_part):
+        if m:
+          size = g[0].size
+          out.append(flat[offset:offset + size].reshape(g.shape[1:]).astype(
+              g.dtype))
+          offset += size
+        else:
+          out.append(h)
+      return jax.tree.unflatten(treedef, out)
+
+    return Proposal(c, gram_hat, inner, heads_ok & jnp.all(jnp.isfinite(flat)),
+                    combine)
 
   return direction_fn
 

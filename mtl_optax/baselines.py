@@ -9,8 +9,10 @@ the Gramian: ``graddrop`` (per-coordinate masks). The loss-based ones live in
 
 Every factory shares the behaviour documented in ``mtl_optax.aggregators``
 (``shared`` masks, task-specific leaves summed with the preferences, NaN/Inf
-steps skipped, diagnostics in the state). Methods whose state holds one value
-per task need ``num_tasks`` (``init`` only sees the parameters).
+steps skipped, diagnostics in the state). A skipped step also leaves the
+method's own state (PRNG key, EMA, warm start, step counter) as it was.
+Methods whose state holds one value per task need ``num_tasks`` (``init``
+only sees the parameters).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from optax.experimental import aggregating
 
 from mtl_optax import gramians as gram_lib
 from mtl_optax import weightings
+from mtl_optax.aggregators import Proposal
 from mtl_optax.aggregators import _build
+from mtl_optax.aggregators import leaves_finite
 from mtl_optax.aggregators import gramian_direction
 from mtl_optax.weightings.loss_based import random_weights
 
@@ -245,8 +249,8 @@ def gradvac(beta: float = 0.5, preferences: jax.Array | None = None, *,
                                          beta, preferences)
     return c, (key, new_targets.astype(targets.dtype))
 
-  direction_fn = gramian_direction(coefficients, shared=shared,
-                                   preferences=preferences)
+  direction_fn = (gramian_direction(
+      coefficients, shared=shared, preferences=preferences))
   return _build(direction_fn, num_tasks=t, preferences=preferences,
                 init_inner=lambda: (jax.random.PRNGKey(seed),
                                     jnp.zeros((t, t), jnp.float32)))
@@ -273,10 +277,11 @@ def random_weighting(*, shared: gram_lib.SharedMask = None,
     c = random_weights(sub, t)
     mask = gram_lib.resolve_shared_mask(shared, grads)
     gram_hat, _ = gram_lib.normalized_gramian(grads, mask)
-    return gram_lib.weighted_sum(c, grads, mask, c), c, gram_hat, key
+    return Proposal(c, gram_hat, key, leaves_finite(grads, mask, shared=False),
+                    lambda: gram_lib.weighted_sum(c, grads, mask, c))
 
-  return _build(direction_fn, num_tasks=num_tasks, preferences=None,
-                init_inner=lambda: jax.random.PRNGKey(seed))
+  return _build(direction_fn, num_tasks=num_tasks,
+                preferences=None, init_inner=lambda: jax.random.PRNGKey(seed))
 
 
 def ema_weighting(weighting: Callable[[jax.Array], jax.Array],
@@ -347,31 +352,34 @@ def graddrop(leak: float = 0.0, *, shared: gram_lib.SharedMask = None,
     flags = jax.tree.leaves(mask)
     key, sub = jax.random.split(key)
     keys = jax.random.split(sub, len(leaves))
+
+    def combine():
+      out = []
+      for g, is_shared, k in zip(leaves, flags, keys):
+        acc = gram_lib.accumulation_dtype(g.dtype)
+        x = g.astype(acc)
+        if not is_shared:
+          out.append(jnp.sum(x, axis=0).astype(g.dtype))
+          continue
+        total_abs = jnp.sum(jnp.abs(x), axis=0)
+        purity = 0.5 * (1 + jnp.sum(x, axis=0) /
+                        jnp.where(total_abs > 0, total_abs, 1))
+        u = jax.random.uniform(k, purity.shape, acc)
+        keep = ((purity > u) & (x > 0)) | ((purity < u) & (x < 0))
+        factor = leak + (1 - leak) * keep.astype(acc)
+        out.append(jnp.sum(factor * x, axis=0).astype(g.dtype))
+      return jax.tree.unflatten(treedef, out)
+
     ones = jnp.ones((t,), jnp.float32)
-    out = []
-    for g, is_shared, k in zip(leaves, flags, keys):
-      acc = gram_lib.accumulation_dtype(g.dtype)
-      x = g.astype(acc)
-      if not is_shared:
-        out.append(jnp.sum(x, axis=0).astype(g.dtype))
-        continue
-      total_abs = jnp.sum(jnp.abs(x), axis=0)
-      purity = 0.5 * (1 + jnp.sum(x, axis=0) /
-                      jnp.where(total_abs > 0, total_abs, 1))
-      u = jax.random.uniform(k, purity.shape, acc)
-      keep = ((purity > u) & (x > 0)) | ((purity < u) & (x < 0))
-      factor = leak + (1 - leak) * keep.astype(acc)
-      out.append(jnp.sum(factor * x, axis=0).astype(g.dtype))
-    gram_hat = None
     if track_diagnostics:
       gram_hat, _ = gram_lib.normalized_gramian(grads, mask)
+      inputs_ok = leaves_finite(grads, mask, shared=False)
     else:
-      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
-      ones = jnp.where(finite, ones, jnp.nan)
-    return jax.tree.unflatten(treedef, out), ones, gram_hat, key
+      gram_hat, inputs_ok = None, leaves_finite(grads)
+    return Proposal(ones, gram_hat, key, inputs_ok, combine)
 
-  return _build(direction_fn, num_tasks=num_tasks, preferences=None,
-                init_inner=lambda: jax.random.PRNGKey(seed),
+  return _build(direction_fn, num_tasks=num_tasks,
+                preferences=None, init_inner=lambda: jax.random.PRNGKey(seed),
                 track_diagnostics=track_diagnostics)
 
 

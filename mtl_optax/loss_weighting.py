@@ -11,6 +11,9 @@ aggregator's state with their own inner Optax optimizer, so the model is
 untouched. Each keeps one value per task: ``num_tasks`` is required.
 The Gramian is still computed for the diagnostics unless
 ``track_diagnostics=False`` (GradNorm always needs the gradient norms).
+Non-finite losses skip the step like non-finite gradients do, and a skipped
+step leaves the learned weights, loss history and inner optimizer state as
+they were.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import optax
 from optax.experimental import aggregating
 
 from mtl_optax import gramians as gram_lib
+from mtl_optax.aggregators import Proposal
 from mtl_optax.aggregators import _build
+from mtl_optax.aggregators import leaves_finite
 from mtl_optax.baselines import _require_num_tasks
 from mtl_optax.weightings import loss_based
 
@@ -50,7 +55,13 @@ def _loss_aggregator(name, coefficients_fn, init_inner, *, num_tasks, shared,
     gram_hat, scale = (gram_lib.normalized_gramian(grads, mask)
                        if with_gramian else (None, None))
     c, inner = coefficients_fn(losses, gram_hat, scale, inner)
-    return gram_lib.weighted_sum(c, grads, mask, c), c, gram_hat, inner
+    # Non-finite losses skip the step, which leaves the state as it was: a
+    # NaN loss must not enter the loss history or the learned weights.
+    inputs_ok = jnp.all(jnp.isfinite(losses)) & (
+        leaves_finite(grads, mask, shared=False) if with_gramian
+        else leaves_finite(grads))
+    return Proposal(c, gram_hat, inner, inputs_ok,
+                    lambda: gram_lib.weighted_sum(c, grads, mask, c))
 
   return _build(direction_fn, num_tasks=t, preferences=None,
                 init_inner=init_inner, track_diagnostics=track_diagnostics)

@@ -20,7 +20,6 @@ import mtl_optax as mtl
 
 ENC = 'enc'   # shorthand for the mask {'enc': True, 'head': False}
 PREFS3 = (0.5, 2.0, 1.5)
-TAKES_PREFERENCES = ('linear', 'aligned', 'aligned_svd', 'pcgrad', 'mamg')
 
 
 def _make(name, *, shared=None, num_tasks=None, preferences=None, seed=0):
@@ -66,10 +65,6 @@ def _make_uncached(name, shared, num_tasks, preferences, seed):
   if name == 'mgda_l2':
     return mtl.mgda('l2', shared=shared, num_tasks=num_tasks)
   raise AssertionError(name)
-
-
-def _prefs(name, t=3):
-  return PREFS3[:t] if name in TAKES_PREFERENCES else None
 
 
 def _common(name, t=3):

@@ -320,16 +320,22 @@ def test_normalized_gramian_zero():
   assert float(scale) == 1.0
 
 
-def test_normalized_gramian_bf16_extreme():
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize('magnitude', [1e-20, 1e20])
+def test_normalized_gramian_low_precision_extreme(magnitude, dtype):
+  if dtype == jnp.float16:
+    magnitude = 1e-4 if magnitude < 1 else 1e4   # f16's range
   r = _rng(11)
-  x = jnp.asarray(r.standard_normal((2, 64)) * 1e20, jnp.bfloat16)
+  x = jnp.asarray(r.standard_normal((2, 64)) * magnitude, dtype)
   k_hat, scale = mtl.normalized_gramian(x)
   assert k_hat.dtype == jnp.float32
+  # Reference: f64 Gramian of the values as rounded to `dtype`. Only the
+  # input is low precision; the result is float32-accurate.
   ref = _np_gram(x)
   np.testing.assert_allclose(np.asarray(k_hat), ref / np.max(np.diag(ref)),
-                             rtol=1e-3, atol=1e-4)
+                             rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(float(scale), np.sqrt(np.max(np.diag(ref))),
-                             rtol=1e-3)
+                             rtol=1e-5)
 
 
 def test_normalized_gramian_nonfinite_gives_nonfinite_k_hat():

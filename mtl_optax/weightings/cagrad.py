@@ -7,8 +7,8 @@ task improvement in a ball around ``g0``. Its dual over the simplex is
 
 and the update is ``d = g0 + (c ‖g0‖ / ‖G w‖) G w``, optionally rescaled:
 ``rescale=0`` none, ``1`` by ``1/(1 + c²)``, ``2`` by ``1/(1 + c)`` (as the
-authors' code). The dual is solved in JAX by projected gradient descent on
-the simplex (``optax.projections.projection_simplex``) with backtracking.
+authors' code). The dual is solved in JAX by accelerated projected gradient
+descent (FISTA) on the simplex (``optax.projections.projection_simplex``) with backtracking.
 
 Convention: ``g0`` is the *mean* gradient, as in the paper; multiply by T (or
 use a T× larger learning rate) to compare with sum-based methods.
@@ -26,12 +26,13 @@ def _dual_objective(w, gram, b, radius):
 
 def solve_cagrad_dual(gram: jax.Array, c: float = 0.4, max_iters: int = 100
                       ) -> jax.Array:
-  """``argmin_{w∈Δ} wᵀK1/T + c‖g0‖√(wᵀKw)`` by projected gradient descent.
+  """``argmin_{w∈Δ} wᵀK1/T + c‖g0‖√(wᵀKw)`` by accelerated projected
+  gradient descent (FISTA with backtracking and restarts).
 
   Args:
     gram: ``[T, T]`` Gramian.
     c: the radius factor of the ball around ``g0``.
-    max_iters: projected-gradient iterations.
+    max_iters: iterations (each one gradient and a few objective values).
 
   Returns:
     ``[T]`` weights on the simplex.
@@ -46,23 +47,33 @@ def solve_cagrad_dual(gram: jax.Array, c: float = 0.4, max_iters: int = 100
   scale = jnp.maximum(jnp.max(jnp.abs(jnp.diag(gram))), jnp.finfo(dtype).tiny)
 
   def body(_, carry):
-    w, step = carry
-    f, g = value_and_grad(w)
+    # Accelerated projected gradient (FISTA) with a backtracked step and a
+    # restart whenever a step goes uphill: plain projected gradient needs
+    # ~1000 iterations when T exceeds the rank of the gradients.
+    w, w_prev, theta, step = carry
+    theta_next = 0.5 * (1 + jnp.sqrt(1 + 4 * theta**2))
+    y = w + ((theta - 1) / theta_next) * (w - w_prev)
+    f, g = value_and_grad(y)
 
     def trial(s):
-      return projections.projection_simplex(w - s * g)
+      return projections.projection_simplex(y - s * g)
 
     def not_enough(s):
       new = trial(s)
-      diff = new - w
+      diff = new - y
       return (objective(new) > f + g @ diff + (diff @ diff) / (2 * s)) & (
           s > 1e-12 / scale)
 
     s = lax.while_loop(not_enough, lambda s: 0.5 * s, step)
-    return trial(s), 2.0 * s
+    new = trial(s)
+    uphill = objective(new) > objective(w)
+    return (jnp.where(uphill, w, new), w,
+            jnp.where(uphill, jnp.ones_like(theta), theta_next),
+            jnp.minimum(1.5 * s, 1e6 / scale))
 
   w0 = jnp.full((t,), 1 / t, dtype)
-  w, _ = lax.fori_loop(0, max_iters, body, (w0, 1.0 / scale))
+  w, _, _, _ = lax.fori_loop(
+      0, max_iters, body, (w0, w0, jnp.ones((), dtype), 1.0 / scale))
   return w
 
 

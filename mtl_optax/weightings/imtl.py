@@ -45,7 +45,9 @@ def imtl_g(gram: jax.Array) -> jax.Array:
   """
   t = gram.shape[0]
   norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0))
-  raw = pinv_psd(gram) @ norms
+  # A zero gradient's weight is exactly 0 (float32 eigenvectors leak a
+  # rounding-size weight onto it otherwise).
+  raw = jnp.where(norms > 0, pinv_psd(gram) @ norms, 0)
   total = jnp.sum(raw)
   ok = jnp.abs(total) > jnp.finfo(gram.dtype).eps * jnp.sum(jnp.abs(raw))
   return jnp.where(ok, raw / jnp.where(ok, total, 1),
