@@ -53,6 +53,7 @@ from optax.experimental import aggregating
 from mtl_optax import diagnostics as diag_lib
 from mtl_optax import gramians as gram_lib
 from mtl_optax import weightings
+from mtl_optax.weightings.linear import preference_vector
 
 PyTree = Any
 
@@ -190,12 +191,6 @@ def _build(
   return aggregating.Aggregator(init_fn, update_fn)
 
 
-def _head_weights(preferences, t, dtype=jnp.float32):
-  if preferences is None:
-    return jnp.ones((t,), dtype)
-  return jnp.asarray(preferences, dtype)
-
-
 def gramian_direction(
     coefficients_fn: Callable[[jax.Array, jax.Array, Any, dict],
                               tuple[jax.Array, Any]],
@@ -228,7 +223,7 @@ def gramian_direction(
     if scale_degree != 1:
       c = c * scale ** (scale_degree - 1)
     t = gram_hat.shape[0]
-    heads = _head_weights(preferences, t, c.dtype)
+    heads = preference_vector(preferences, t, c.dtype)
     return Proposal(
         coefficients=c, gram_hat=gram_hat, inner=inner,
         inputs_ok=leaves_finite(grads, mask, shared=False),
@@ -278,7 +273,7 @@ def linear_scalarization(
   else:
     def direction_fn(grads, inner, extra):
       t = gram_lib.num_tasks(grads)
-      c = _head_weights(weights, t)
+      c = preference_vector(weights, t)
       return Proposal(c, None, inner, leaves_finite(grads),
                       lambda: gram_lib.combine(c, grads))
 
@@ -295,7 +290,7 @@ def _aligned_svd_direction(shared, preferences, scale_mode) -> DirectionFn:
     leaves, treedef = jax.tree.flatten(grads)
     flags = jax.tree.leaves(mask)
     shared_leaves = [g for g, m in zip(leaves, flags) if m]
-    heads = _head_weights(preferences, t)
+    heads = preference_vector(preferences, t)
     heads_ok = leaves_finite(grads, mask, shared=False)
     if not shared_leaves:
       return Proposal(heads, None, inner, heads_ok,

@@ -361,13 +361,18 @@ def graddrop(leak: float = 0.0, *, shared: gram_lib.SharedMask = None,
         if not is_shared:
           out.append(jnp.sum(x, axis=0).astype(g.dtype))
           continue
-        total_abs = jnp.sum(jnp.abs(x), axis=0)
-        purity = 0.5 * (1 + jnp.sum(x, axis=0) /
-                        jnp.where(total_abs > 0, total_abs, 1))
+        # Per coordinate, the mask keeps the positive or the negative task
+        # gradients, so Σ_t (ℓ + (1-ℓ) M_t) g_t only needs their two sums:
+        # one pass over the stacked gradients.
+        positive = jnp.sum(jnp.maximum(x, 0), axis=0)
+        negative = jnp.sum(jnp.minimum(x, 0), axis=0)
+        total = positive + negative
+        magnitude = positive - negative
+        purity = 0.5 * (1 + total / jnp.where(magnitude > 0, magnitude, 1))
         u = jax.random.uniform(k, purity.shape, acc)
-        keep = ((purity > u) & (x > 0)) | ((purity < u) & (x < 0))
-        factor = leak + (1 - leak) * keep.astype(acc)
-        out.append(jnp.sum(factor * x, axis=0).astype(g.dtype))
+        kept = jnp.where(purity > u, positive,
+                         jnp.where(purity < u, negative, 0))
+        out.append((leak * total + (1 - leak) * kept).astype(g.dtype))
       return jax.tree.unflatten(treedef, out)
 
     ones = jnp.ones((t,), jnp.float32)

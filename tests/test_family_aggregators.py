@@ -723,3 +723,31 @@ def test_imbalanced_training_both_losses_fall(name):
   # coefficient. (Measured: ratios 0.7 to 0.01.)
   if name not in ('dwa', 'upgrad'):
     assert w[1] < 0.9 * w[0], (name, w)
+
+
+def test_graddrop_follows_the_sign_purity_rule():
+  # Per coordinate the update is either the sum of the positive task
+  # gradients or of the negative ones (leak 0), the positive side chosen with
+  # probability P = ½(1 + Σg/Σ|g|) (Chen et al., Eq. 1-2).
+  rng = np.random.default_rng(7)
+  t, n = 3, 20000
+  base = np.array([[1.0], [-0.5], [0.2]])
+  g = base * rng.uniform(0.5, 1.5, (t, n))          # same signs per task
+  grads = {'w': jnp.asarray(g, jnp.float32)}
+  agg = mtl.graddrop(track_diagnostics=False)
+  d, _ = jax.jit(agg.update)(grads, agg.init(None))
+  d = np.asarray(d['w'], np.float64)
+  pos = np.maximum(g, 0).sum(0)
+  neg = np.minimum(g, 0).sum(0)
+  is_pos = np.isclose(d, pos, rtol=1e-5)
+  is_neg = np.isclose(d, neg, rtol=1e-5)
+  assert np.all(is_pos | is_neg)
+  purity = 0.5 * (1 + g.sum(0) / np.abs(g).sum(0))
+  assert abs(is_pos.mean() - purity.mean()) < 0.02
+  # With a leak ℓ every task keeps ℓ of its gradient.
+  leaky = mtl.graddrop(leak=0.25, track_diagnostics=False)
+  d2, _ = jax.jit(leaky.update)(grads, leaky.init(None))
+  d2 = np.asarray(d2['w'], np.float64)
+  expect = np.where(is_pos, 0.25 * g.sum(0) + 0.75 * pos,
+                    0.25 * g.sum(0) + 0.75 * neg)
+  np.testing.assert_allclose(d2, expect, rtol=1e-4, atol=1e-5)

@@ -19,13 +19,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mtl_optax.weightings.linear import preference_vector
+
 SCALE_MODES = ('min', 'median', 'rmse')
-
-
-def _preferences(preferences, t, dtype):
-  if preferences is None:
-    return jnp.ones((t,), dtype)
-  return jnp.broadcast_to(jnp.asarray(preferences, dtype), (t,))
 
 
 def _check_scale_mode(scale_mode):
@@ -110,7 +106,7 @@ def aligned(
   _check_scale_mode(scale_mode)
   t = gram.shape[0]
   dtype = gram.dtype
-  w = _preferences(preferences, t, dtype)
+  w = preference_vector(preferences, t, dtype)
   sym = 0.5 * (gram + gram.T)
   squared, vectors = jnp.linalg.eigh(sym)
   keep, _ = kept_spectrum(squared)
@@ -143,7 +139,7 @@ def aligned_direction_svd(
   """
   _check_scale_mode(scale_mode)
   t = matrix.shape[0]
-  w = _preferences(preferences, t, matrix.dtype)
+  w = preference_vector(preferences, t, matrix.dtype)
   a, s, bt = jnp.linalg.svd(matrix, full_matrices=False)
   squared = s * s
   keep, _ = kept_spectrum(squared)

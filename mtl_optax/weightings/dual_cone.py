@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtl_optax.weightings.linear import preference_vector
+
 
 def _factor(gram):
   squared, vectors = jnp.linalg.eigh(0.5 * (gram + gram.T))
@@ -56,12 +58,6 @@ def project_to_dual_cone(gram: jax.Array, u: jax.Array, iters: int = 500
   return projected / (n if u.ndim == 1 else n[:, None])
 
 
-def _prefs(preferences, t, dtype):
-  if preferences is None:
-    return jnp.ones((t,), dtype)
-  return jnp.asarray(preferences, dtype)
-
-
 def upgrad(gram: jax.Array, preferences: jax.Array | None = None,
            iters: int = 500) -> jax.Array:
   """UPGrad coefficients ``Σ_i w_i π_C(g_i)``.
@@ -76,7 +72,7 @@ def upgrad(gram: jax.Array, preferences: jax.Array | None = None,
   """
   t = gram.shape[0]
   projected = project_to_dual_cone(gram, jnp.eye(t, dtype=gram.dtype), iters)
-  return projected @ _prefs(preferences, t, gram.dtype)
+  return projected @ preference_vector(preferences, t, gram.dtype)
 
 
 def dualproj(gram: jax.Array, preferences: jax.Array | None = None,
@@ -92,4 +88,5 @@ def dualproj(gram: jax.Array, preferences: jax.Array | None = None,
     ``[T]`` coefficients.
   """
   t = gram.shape[0]
-  return project_to_dual_cone(gram, _prefs(preferences, t, gram.dtype), iters)
+  return project_to_dual_cone(
+      gram, preference_vector(preferences, t, gram.dtype), iters)

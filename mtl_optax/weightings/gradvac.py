@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mtl_optax.weightings.linear import preference_vector
+
 
 def gradvac(
     gram: jax.Array,
@@ -42,8 +44,7 @@ def gradvac(
   t = gram.shape[0]
   dtype = gram.dtype
   eye = jnp.eye(t, dtype=dtype)
-  w = jnp.ones((t,), dtype) if preferences is None else jnp.asarray(
-      preferences, dtype)
+  w = preference_vector(preferences, t, dtype)
   norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0))
 
   def per_task(i, order, target_row):

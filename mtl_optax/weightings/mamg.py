@@ -36,6 +36,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mtl_optax.weightings.linear import preference_vector
 from mtl_optax.weightings.pcgrad import _surgery
 
 
@@ -60,8 +61,7 @@ def mamg(
     ``[T]`` coefficients.
   """
   t = gram.shape[0]
-  w = jnp.ones((t,), gram.dtype) if preferences is None else jnp.asarray(
-      preferences, gram.dtype)
+  w = preference_vector(preferences, t, gram.dtype)
   eye = jnp.eye(t, dtype=gram.dtype)
 
   def clip(a, j):

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mtl_optax.weightings.linear import preference_vector
+
 
 def random_orders(key: jax.Array, num_tasks: int) -> jax.Array:
   """``[T, T]`` int array: row ``i`` is a random permutation of the tasks.
@@ -63,8 +65,7 @@ def pcgrad(
     ``[T]`` coefficients. A zero gradient ``g_j`` is never projected on.
   """
   t = gram.shape[0]
-  w = jnp.ones((t,), gram.dtype) if preferences is None else jnp.asarray(
-      preferences, gram.dtype)
+  w = preference_vector(preferences, t, gram.dtype)
 
   def project(a, j):
     dot = gram[j] @ a
