@@ -1,5 +1,8 @@
 """Quickstart: every method on a small two-task problem, θ- and z-level.
 
+Methods are taken from the registry (``mtl_optax.available()``); the
+representation-level rows are Aligned-MTL-UB and MGDA-UB.
+
 A shared tanh encoder feeds two linear regression heads whose teachers
 disagree, and task 2's loss is scaled up 30× so that its gradient dominates
 (the situation Aligned-MTL and MGDA are made for). Each method trains the
@@ -101,14 +104,18 @@ def _train(step, params, state, steps):
   return np.asarray(losses), float(np.mean(np.asarray(dominance))), seconds
 
 
-METHODS = {
-    'linear_scalarization': lambda: mtl.linear_scalarization(shared=SHARED),
-    'aligned_mtl': lambda: mtl.aligned_mtl(shared=SHARED),
-    'mgda': lambda: mtl.mgda(shared=SHARED),
-    'mgda (l2)': lambda: mtl.mgda('l2', shared=SHARED),
-    'pcgrad': lambda: mtl.pcgrad(shared=SHARED),
-    'mamg': lambda: mtl.mamg(shared=SHARED),
-}
+def _registered(name):
+  kwargs = {'shared': SHARED}
+  if name in mtl.registry.NEEDS_NUM_TASKS:
+    kwargs['num_tasks'] = NUM_TASKS
+  if name == 'ema_weighting':
+    kwargs['weighting'] = mtl.weightings.mgda
+  return lambda: mtl.get_aggregator(name, **kwargs)
+
+
+# Every registered method at the parameter level, plus MGDA's l2 variant.
+METHODS = {name: _registered(name) for name in mtl.available()}
+METHODS['mgda (l2)'] = lambda: mtl.mgda('l2', shared=SHARED)
 REPRESENTATION_METHODS = {
     'aligned_mtl_ub (z)': mtl.aligned_mtl,
     'mgda_ub (z)': mtl.mgda,
