@@ -351,11 +351,15 @@ def graddrop(leak: float = 0.0, *, shared: gram_lib.SharedMask = None,
     leaves, treedef = jax.tree.flatten(grads)
     flags = jax.tree.leaves(mask)
     key, sub = jax.random.split(key)
-    keys = jax.random.split(sub, len(leaves))
 
     def combine():
+      # One uniform draw for every shared coordinate (one PRNG call compiles
+      # far faster than one per leaf), sliced per leaf.
+      sizes = [g[0].size for g, m in zip(leaves, flags) if m]
+      uniform = jax.random.uniform(sub, (sum(sizes),), jnp.float32)
+      offset = 0
       out = []
-      for g, is_shared, k in zip(leaves, flags, keys):
+      for g, is_shared in zip(leaves, flags):
         acc = gram_lib.accumulation_dtype(g.dtype)
         x = g.astype(acc)
         task_ones = jnp.ones((t,), acc)
@@ -371,7 +375,8 @@ def graddrop(leak: float = 0.0, *, shared: gram_lib.SharedMask = None,
         negative = total - positive
         magnitude = positive - negative
         purity = 0.5 * (1 + total / jnp.where(magnitude > 0, magnitude, 1))
-        u = jax.random.uniform(k, purity.shape, acc)
+        u = uniform[offset:offset + purity.size].reshape(purity.shape)
+        offset += purity.size
         kept = jnp.where(purity > u, positive,
                          jnp.where(purity < u, negative, 0))
         out.append((leak * total + (1 - leak) * kept).astype(g.dtype))
