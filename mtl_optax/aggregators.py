@@ -47,7 +47,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 from optax.experimental import aggregating
 
 from mtl_optax import diagnostics as diag_lib

@@ -17,7 +17,7 @@ def test_quickstart_runs_and_trains():
   namespace = {'print': lambda *a, **k: None}
   exec(compile(block, 'README quickstart', 'exec'), namespace)
   losses = np.asarray(namespace['losses'])
-  x, y = namespace['x'], namespace['y']
+  y = namespace["y"]
   initial = np.mean(np.asarray(y) ** 2, axis=0)   # heads start at zero
   assert np.all(np.isfinite(losses))
   assert np.all(losses < 0.5 * initial), (losses, initial)

@@ -33,7 +33,6 @@ def config(gram: jax.Array) -> jax.Array:
     >>> weightings.config(g @ g.T).tolist()
     [1.0, 1.0]
   """
-  t = gram.shape[0]
   norms = jnp.sqrt(jnp.maximum(jnp.diag(gram), 0))
   present = norms > 0
   inv_norms = jnp.where(present, 1 / jnp.where(present, norms, 1), 0)
