@@ -32,8 +32,8 @@ the shared leaves, a direct check the others), the losses or the
 coefficients, the step is skipped: the update is all zeros, ``weights``,
 ``diagnostics`` and the method's own state (``inner``: keys, warm starts,
 learned weights, loss histories) keep their previous values, ``last_skipped``
-is True and ``num_skipped`` counts it. Parameters never become NaN through an aggregator.
-(Adam-like optimizers downstream still see a zero gradient; to freeze them as
+is True and ``num_skipped`` counts it. Parameters never become NaN through an
+aggregator. (Adam-like optimizers downstream still see a zero gradient; to freeze them as
 well, wrap the whole chain in ``optax.apply_if_finite``.)
 
 Magnitudes: the Gramian is normalised before the weighting, so gradients from
@@ -197,6 +197,7 @@ def gramian_direction(
     shared: gram_lib.SharedMask = None,
     preferences: jax.Array | None = None,
     scale_degree: int = 1,
+    heads_follow_coefficients: bool = False,
 ) -> DirectionFn:
   """A direction function from a weighting ``(K_hat, scale, inner, extra) ->
   (c, inner)``.
@@ -210,6 +211,9 @@ def gramian_direction(
     scale_degree: ``p`` with ``d(σG) = σ^p d(G)`` for the method; the
       coefficients computed on ``K/scale²`` are multiplied by
       ``scale^(p-1)`` to be those of the true gradients.
+    heads_follow_coefficients: weight the task-specific leaves with the
+      coefficients too (methods that re-weight the losses, e.g. RLW) instead
+      of the preferences.
 
   Returns:
     A function ``(grads, inner, extra) -> Proposal``.
@@ -222,7 +226,8 @@ def gramian_direction(
     if scale_degree != 1:
       c = c * scale ** (scale_degree - 1)
     t = gram_hat.shape[0]
-    heads = preference_vector(preferences, t, c.dtype)
+    heads = c if heads_follow_coefficients else preference_vector(
+        preferences, t, c.dtype)
     return Proposal(
         coefficients=c, gram_hat=gram_hat, inner=inner,
         inputs_ok=leaves_finite(grads, mask, shared=False),
@@ -300,15 +305,16 @@ def _aligned_svd_direction(shared, preferences, scale_mode) -> DirectionFn:
         [g.reshape(t, -1).astype(acc) for g in shared_leaves], axis=1)
     top = jnp.max(jnp.abs(matrix))
     inv = jnp.where((top > 0) & jnp.isfinite(top), 1 / top, 1)
+    scaled = matrix * inv
     # LAPACK's SVD does not terminate on a matrix containing Inf: decompose a
     # finite stand-in and poison the result instead (the step is skipped).
-    finite = jnp.all(jnp.isfinite(matrix * inv))
+    finite = jnp.all(jnp.isfinite(scaled))
     flat, c = weightings.aligned_direction_svd(
-        jnp.where(finite, matrix * inv, 0), heads.astype(acc), scale_mode)
+        jnp.where(finite, scaled, 0), heads.astype(acc), scale_mode)
     flat = jnp.where(finite, flat, jnp.nan)
     c = jnp.where(finite, c, jnp.nan)
     flat = flat / inv   # Aligned-MTL is scale-equivariant: undo the scaling
-    gram_hat = (matrix * inv) @ (matrix * inv).T
+    gram_hat = scaled @ scaled.T
     gram_hat = gram_hat / jnp.where(jnp.max(jnp.diag(gram_hat)) > 0,
                                     jnp.max(jnp.diag(gram_hat)), 1)
 

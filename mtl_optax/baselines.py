@@ -75,8 +75,8 @@ def cagrad(c: float = 0.4, rescale: int = 1, *,
   """CAGrad (Liu et al., NeurIPS 2021): conflict-averse gradient descent.
 
   ``d = g0 + (c‖g0‖/‖G w‖) G w`` with ``g0`` the mean gradient and ``w`` the
-  solution of the dual over the simplex (projected gradient descent in JAX,
-  ``max_iters`` iterations); ``rescale`` 0 | 1 (``/(1+c²)``, default) | 2
+  solution of the dual over the simplex (accelerated projected gradient in
+  JAX, ``max_iters`` iterations); ``rescale`` 0 | 1 (``/(1+c²)``, default) | 2
   (``/(1+c)``). Note ``g0`` is a *mean*, as in the paper.
 
   Args:
@@ -214,8 +214,9 @@ def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
       norm = scale * jnp.sqrt(jnp.maximum(c @ k @ c, 0))
       c = c * jnp.where(norm > max_norm, max_norm / jnp.where(norm > 0, norm, 1),
                         1)
-    finite = jnp.all(jnp.isfinite(fresh))
-    return c, (jnp.where(finite, fresh, alpha).astype(alpha.dtype), step + 1)
+    # A non-finite α makes c non-finite: _build then skips the step and keeps
+    # the previous α as the warm start.
+    return c, (fresh.astype(alpha.dtype), step + 1)
 
   direction_fn = gramian_direction(coefficients, shared=shared)
   return _build(direction_fn, num_tasks=t, preferences=None,
@@ -249,8 +250,8 @@ def gradvac(beta: float = 0.5, preferences: jax.Array | None = None, *,
                                          beta, preferences)
     return c, (key, new_targets.astype(targets.dtype))
 
-  direction_fn = (gramian_direction(
-      coefficients, shared=shared, preferences=preferences))
+  direction_fn = gramian_direction(coefficients, shared=shared,
+                                   preferences=preferences)
   return _build(direction_fn, num_tasks=t, preferences=preferences,
                 init_inner=lambda: (jax.random.PRNGKey(seed),
                                     jnp.zeros((t, t), jnp.float32)))
@@ -271,15 +272,12 @@ def random_weighting(*, shared: gram_lib.SharedMask = None,
     An ``Aggregator``.
   """
 
-  def direction_fn(grads, key, extra):
-    t = gram_lib.num_tasks(grads)
+  def coefficients(k, scale, key, extra):
     key, sub = jax.random.split(key)
-    c = random_weights(sub, t)
-    mask = gram_lib.resolve_shared_mask(shared, grads)
-    gram_hat, _ = gram_lib.normalized_gramian(grads, mask)
-    return Proposal(c, gram_hat, key, leaves_finite(grads, mask, shared=False),
-                    lambda: gram_lib.weighted_sum(c, grads, mask, c))
+    return random_weights(sub, k.shape[0]), key
 
+  direction_fn = gramian_direction(coefficients, shared=shared,
+                                   heads_follow_coefficients=True)
   return _build(direction_fn, num_tasks=num_tasks,
                 preferences=None, init_inner=lambda: jax.random.PRNGKey(seed))
 

@@ -180,23 +180,35 @@ def gramian(stacked: PyTree, shared: SharedMask = None) -> jax.Array:
     >>> mtl.gramian(g).tolist()
     [[1.0, 1.0], [1.0, 2.0]]
   """
-  t = num_tasks(stacked)
   leaves = _shared_leaves(stacked, shared)
-  dtype = jnp.result_type(*[accumulation_dtype(x.dtype) for x in leaves]) \
-      if leaves else jnp.float32
+  return _sum_grams(leaves, num_tasks(stacked), _gram_dtype(leaves))
+
+
+def _gram_dtype(leaves: list[jax.Array]) -> jnp.dtype:
+  if not leaves:
+    return jnp.dtype(jnp.float32)
+  return jnp.result_type(*[accumulation_dtype(x.dtype) for x in leaves])
+
+
+def _sum_grams(leaves: list[jax.Array], t: int, dtype, scale=None
+               ) -> jax.Array:
+  """Σ over leaves of each leaf's [T, T] Gramian (of ``leaf · scale``)."""
   k = jnp.zeros((t, t), dtype)
   for leaf in leaves:
-    k = k + _leaf_gram(leaf).astype(dtype)
+    k = k + _leaf_gram(leaf, scale).astype(dtype)
   return k
 
 
-def max_abs(stacked: PyTree, shared: SharedMask = None) -> jax.Array:
-  """Largest absolute entry over the shared leaves (0 if none), as float32+."""
-  leaves = _shared_leaves(stacked, shared)
+def _max_abs(leaves: list[jax.Array]) -> jax.Array:
   if not leaves:
     return jnp.zeros((), jnp.float32)
   return jnp.max(jnp.stack([
       jnp.max(jnp.abs(x)).astype(accumulation_dtype(x.dtype)) for x in leaves]))
+
+
+def max_abs(stacked: PyTree, shared: SharedMask = None) -> jax.Array:
+  """Largest absolute entry over the shared leaves (0 if none), as float32+."""
+  return _max_abs(_shared_leaves(stacked, shared))
 
 
 def normalized_gramian(
@@ -221,8 +233,7 @@ def normalized_gramian(
   """
   t = num_tasks(stacked)
   leaves = _shared_leaves(stacked, shared)
-  dtype = jnp.result_type(*[accumulation_dtype(x.dtype) for x in leaves]) \
-      if leaves else jnp.float32
+  dtype = _gram_dtype(leaves)
   lo, hi = 1e-30, 1e30
 
   # At most two passes, in a while_loop so that the (chunked) Gramian code is
@@ -232,15 +243,13 @@ def normalized_gramian(
   # second pass is cheap to decide when the gradients really are zero).
   def body(carry):
     _, inv, attempt = carry
-    k = jnp.zeros((t, t), dtype)
-    for leaf in leaves:
-      k = k + _leaf_gram(leaf, inv).astype(dtype)
+    k = _sum_grams(leaves, t, dtype, inv)
     top = jnp.max(jnp.diag(k))
     safe = jnp.all(jnp.isfinite(k)) & (top >= lo) & (top <= hi)
     retry = ~safe & (attempt == 0)
 
     def rescale():
-      m = max_abs(stacked, shared).astype(dtype)
+      m = _max_abs(leaves).astype(dtype)
       return jnp.where((m > 0) & jnp.isfinite(m), 1 / m, 1).astype(dtype)
 
     inv = lax.cond(retry, rescale, lambda: inv)
