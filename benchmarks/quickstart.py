@@ -105,12 +105,8 @@ def _train(step, params, state, steps):
 
 
 def _registered(name):
-  kwargs = {'shared': SHARED}
-  if name in mtl.registry.NEEDS_NUM_TASKS:
-    kwargs['num_tasks'] = NUM_TASKS
-  if name == 'ema_weighting':
-    kwargs['weighting'] = mtl.weightings.mgda
-  return lambda: mtl.get_aggregator(name, **kwargs)
+  return lambda: mtl.registry.for_tasks(name, num_tasks=NUM_TASKS,
+                                        shared=SHARED)
 
 
 # Every registered method at the parameter level, plus MGDA's l2 variant.
