@@ -11,6 +11,7 @@ so it chains in front of any Optax optimizer::
 """
 
 from mtl_optax import diagnostics
+from mtl_optax import metrics
 from mtl_optax import weightings
 from mtl_optax.aggregators import AggregatorState
 from mtl_optax.aggregators import aggregator_state
@@ -77,6 +78,7 @@ __all__ = [
     'imtl_g',
     'linear_scalarization',
     'mamg',
+    'metrics',
     'mgda',
     'nash_mtl',
     'normalized_gramian',
