@@ -1,0 +1,53 @@
+"""TensorFlow-free input pipelines for the multi-task benchmarks.
+
+Datasets are tfds ``GeneratorBasedBuilder``s written as ArrayRecord files with
+plain ``tfds.features.Tensor`` features (or tfds' own ``celeb_a`` and
+``cifar100``), read by random access (``tfds.data_source``) and batched by a
+deterministic, resumable, shardable numpy ``Loader``::
+
+    from mtl_optax import data
+    it = data.load('multi_mnist', 'train', data_dir=DIR, batch_size=256, seed=0)
+    batch = next(it)   # {'image': f32 [256, 28, 28, 1], 'left', 'right': i32}
+    state = it.get_state()    # {'epoch': 0, 'step': 1}: checkpoint it to resume
+
+Modules: ``loader`` (the iterator), ``datasets`` (names -> specs, ``load``),
+``image_ops`` (numpy resizing), ``prepare`` (command line to prepare the
+builders), ``builder_base``, one module per dataset (``multi_mnist``,
+``celeb_a``, ``cifar100_mt``, ``cityscapes``, ``nyuv2``, ``seven_scenes``).
+
+Attributes are imported on first use, so ``import mtl_optax.data`` does not
+import tensorflow_datasets, and ``python -m mtl_optax.data.multi_mnist`` runs
+the module once.
+"""
+
+import importlib
+
+_SUBMODULES = ('builder_base', 'celeb_a', 'cifar100_mt', 'cityscapes',
+               'datasets', 'image_ops', 'loader', 'multi_mnist', 'nyuv2',
+               'prepare', 'seven_scenes')
+_ATTRIBUTES = {
+    'DATASETS': 'datasets',
+    'DatasetSpec': 'datasets',
+    'get_spec': 'datasets',
+    'load': 'datasets',
+    'num_examples': 'datasets',
+    'tasks': 'datasets',
+    'ArraySource': 'loader',
+    'Loader': 'loader',
+    'read_into_memory': 'loader',
+}
+
+__all__ = sorted(_SUBMODULES + tuple(_ATTRIBUTES))
+
+
+def __getattr__(name):
+  if name in _SUBMODULES:
+    return importlib.import_module(f'{__name__}.{name}')
+  if name in _ATTRIBUTES:
+    module = importlib.import_module(f'{__name__}.{_ATTRIBUTES[name]}')
+    return getattr(module, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return __all__

@@ -1,0 +1,168 @@
+"""The datasets by name, and ``load``: name + split -> iterator of batch dicts.
+
+Every dataset yields ``{'image': float32 [B, H, W, C] in [0, 1], <task>: ...}``
+with one entry per task (each module's doc gives targets and ignore values):
+
+* ``multi_mnist``: ``left``, ``right`` (int32 in [0, 10)); 28×28×1.
+* ``celeb_a``: 40 attributes (int32 in {0, 1}); 64×64×3.
+* ``cifar100_mt``: 20 coarse classes (int32 in [0, 5), -1 off-task); 32×32×3.
+* ``cityscapes``: ``segmentation`` (19 classes), ``instance`` (offsets, with
+  ``instance_mask``), ``depth`` (disparity); 256×512×3.
+* ``cityscapes_mtan``: ``segmentation`` (7 classes), ``depth``; 256×512×3.
+* ``nyuv2``: ``segmentation`` (13 classes), ``depth``, ``normals``; 288×384×3.
+* ``seven_scenes``: ``translation`` [3], ``orientation`` [4] (w ≥ 0);
+  224×224×3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable, Mapping
+
+from mtl_optax.data import celeb_a
+from mtl_optax.data import cifar100_mt
+from mtl_optax.data import cityscapes
+from mtl_optax.data import loader as loader_lib
+from mtl_optax.data import multi_mnist
+from mtl_optax.data import nyuv2
+from mtl_optax.data import seven_scenes
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """How to read and preprocess one dataset.
+
+  Attributes:
+    name: the name ``load`` takes.
+    tasks: the task keys of its batches, in order.
+    data_source: ``fn(split, *, data_dir, **source_options)`` -> random-access
+      source of records.
+    preprocess: ``fn(batch, **preprocess_options)`` -> batch dict (batched
+      numpy, applied by the loader's ``transform``).
+    in_memory: whether ``load`` reads the split into memory by default.
+    memory_keys: record keys kept when reading into memory (``None``: all).
+    preprocess_options: names of ``load`` options routed to ``preprocess``
+      (the others go to ``data_source``).
+  """
+
+  name: str
+  tasks: tuple[str, ...]
+  data_source: Callable[..., Any]
+  preprocess: Callable[..., dict]
+  in_memory: bool = False
+  memory_keys: tuple[str, ...] | None = None
+  preprocess_options: tuple[str, ...] = ()
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec for spec in (
+        DatasetSpec('multi_mnist', multi_mnist.TASKS, multi_mnist.data_source,
+                    multi_mnist.preprocess, in_memory=True),
+        DatasetSpec('celeb_a', celeb_a.TASKS, celeb_a.data_source,
+                    celeb_a.preprocess, preprocess_options=('image_size',)),
+        DatasetSpec('cifar100_mt', cifar100_mt.TASKS, cifar100_mt.data_source,
+                    cifar100_mt.preprocess, in_memory=True,
+                    memory_keys=('image', 'label')),
+        DatasetSpec('cityscapes', cityscapes.TASKS, cityscapes.data_source,
+                    cityscapes.preprocess),
+        DatasetSpec('cityscapes_mtan', cityscapes.TASKS_MTAN,
+                    cityscapes.data_source, cityscapes.preprocess_mtan),
+        DatasetSpec('nyuv2', nyuv2.TASKS, nyuv2.data_source, nyuv2.preprocess),
+        DatasetSpec('seven_scenes', seven_scenes.TASKS,
+                    seven_scenes.data_source, seven_scenes.preprocess),
+    )
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+  """The ``DatasetSpec`` of ``name`` (``KeyError`` listing the known names)."""
+  try:
+    return DATASETS[name]
+  except KeyError:
+    raise KeyError(f'Unknown dataset {name!r}; known: {sorted(DATASETS)}.'
+                   ) from None
+
+
+def tasks(name: str) -> tuple[str, ...]:
+  """Task names of a dataset, in the order of its batches' keys.
+
+  Example:
+    >>> tasks('multi_mnist')
+    ('left', 'right')
+  """
+  return get_spec(name).tasks
+
+
+def _split_options(spec, options):
+  source_opts = {k: v for k, v in options.items()
+                 if k not in spec.preprocess_options}
+  prep_opts = {k: v for k, v in options.items() if k in spec.preprocess_options}
+  return source_opts, prep_opts
+
+
+def num_examples(name: str, split: str, *,
+                 data_dir: str | os.PathLike | None = None,
+                 **options) -> int:
+  """Number of examples of a prepared split (over all processes)."""
+  spec = get_spec(name)
+  source_opts, _ = _split_options(spec, options)
+  return len(spec.data_source(split, data_dir=data_dir, **source_opts))
+
+
+def _compose(first, second):
+  if second is None:
+    return first
+  return lambda batch: second(first(batch))
+
+
+def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
+         batch_size: int, seed: int = 0, shuffle: bool = True,
+         drop_remainder: bool = True, num_epochs: int | None = None,
+         in_memory: bool | None = None,
+         transform: Callable[[dict], dict] | None = None, prefetch: int = 2,
+         process_index: int | None = None, process_count: int | None = None,
+         state: Mapping[str, int] | None = None,
+         **options) -> loader_lib.Loader:
+  """An iterator of batch dicts over a prepared dataset split.
+
+  Args:
+    name: a key of ``DATASETS`` (see the module doc).
+    split: tfds split name (``'train'``, ``'test'``, ``'validation'``; tfds
+      slicing such as ``'train[:90%]'`` works too).
+    data_dir: tfds data directory holding the prepared dataset.
+    batch_size: **global** batch size (each of ``process_count`` processes
+      yields ``batch_size // process_count`` examples per step).
+    seed: shuffling seed; epoch ``e`` is ordered by ``(seed, e)``.
+    shuffle: shuffle every epoch (use ``False`` for evaluation).
+    drop_remainder: drop each epoch's last incomplete batch (use ``False``
+      for evaluation).
+    num_epochs: number of epochs, ``None`` = repeat forever (use ``1`` for
+      evaluation).
+    in_memory: read the whole split into numpy arrays first (default: for
+      ``multi_mnist`` and ``cifar100_mt``).
+    transform: applied to each batch after the dataset's preprocessing.
+    prefetch: batches prepared ahead in a background thread (0: none).
+    process_index: default ``jax.process_index()``.
+    process_count: default ``jax.process_count()``.
+    state: ``loader.get_state()`` of an earlier run, to resume its stream.
+    **options: dataset options: ``scene=`` for ``seven_scenes``, ``config=``
+      for ``cityscapes*``, ``image_size=`` for ``celeb_a``.
+
+  Returns:
+    A ``Loader`` (an iterator of batch dicts with ``num_examples``,
+    ``steps_per_epoch``, ``get_state`` and ``set_state``).
+  """
+  spec = get_spec(name)
+  source_opts, prep_opts = _split_options(spec, options)
+  source = spec.data_source(split, data_dir=data_dir, **source_opts)
+  if spec.in_memory if in_memory is None else in_memory:
+    source = loader_lib.read_into_memory(source, keys=spec.memory_keys)
+  preprocess = (functools.partial(spec.preprocess, **prep_opts) if prep_opts
+                else spec.preprocess)
+  return loader_lib.Loader(
+      source, batch_size=batch_size, seed=seed, shuffle=shuffle,
+      drop_remainder=drop_remainder, num_epochs=num_epochs,
+      transform=_compose(preprocess, transform), prefetch=prefetch,
+      process_index=process_index, process_count=process_count, state=state)

@@ -1,0 +1,484 @@
+"""A deterministic, resumable, shardable batch iterator over random-access data.
+
+The iterator works on any *random-access source*: a ``tfds`` data source
+(``tfds.data_source(...)``, ``builder.as_data_source(split)``), anything with
+``__len__`` and ``__getitem__`` returning one record (a possibly nested dict
+of arrays), or an in-memory ``ArraySource`` (a dict of numpy arrays sharing
+their leading axis). Which examples go into which batch is a pure function of
+``(seed, epoch, step)``:
+
+* **order**: epoch ``e`` visits the examples in the order
+  ``np.random.default_rng((seed, e)).permutation(n)`` (``arange(n)`` when
+  ``shuffle=False``); a new permutation every epoch, the same one for the same
+  ``(seed, e)`` on every run and every process.
+* **batches**: global step ``s`` of an epoch takes positions
+  ``[s·B, (s+1)·B)`` of that order, ``B = batch_size`` (the **global** batch
+  size, summed over processes). With ``drop_remainder=False`` the last global
+  batch holds the ``n mod B`` remaining examples.
+* **processes** (multi-host): process ``p`` of ``P`` takes the contiguous block
+  ``[p·B/P, (p+1)·B/P)`` of every global batch (``B`` must be divisible by
+  ``P``), so each process sees a disjoint ``1/P`` of every epoch and all
+  processes run the same number of steps. A last partial batch is split with
+  ``np.array_split`` (sizes differ by at most one and can be zero).
+* **state**: ``{'epoch': e, 'step': s}``, the next batch to deliver. Restoring
+  a state (``set_state`` or ``state=``) resumes exactly the stream an
+  uninterrupted run would have produced; prefetching does not change it (the
+  state counts batches handed to the caller, not batches prepared).
+
+A ``transform`` maps each gathered batch (a dict of numpy arrays with a
+leading batch axis) to the batch the caller sees; the dataset modules use it
+for their preprocessing. With ``prefetch > 0`` batches are gathered and
+transformed in one background thread (numpy releases the GIL in the copies
+and arithmetic that dominate), ``prefetch`` batches ahead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import queue
+import threading
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+Batch = dict[str, Any]
+Transform = Callable[[Batch], Batch]
+
+
+# --------------------------------------------------------------------------
+# Pure index arithmetic.
+
+
+def epoch_order(num_examples: int, *, seed: int, epoch: int,
+                shuffle: bool = True) -> np.ndarray:
+  """The order in which epoch ``epoch`` visits ``range(num_examples)``.
+
+  Args:
+    num_examples: size ``n`` of the source.
+    seed: the stream's seed.
+    epoch: epoch number (0-based).
+    shuffle: ``False`` returns ``arange(n)`` for every epoch.
+
+  Returns:
+    int64 permutation ``np.random.default_rng((seed, epoch)).permutation(n)``.
+
+  Example:
+    >>> a = epoch_order(5, seed=0, epoch=0)
+    >>> sorted(a.tolist()), bool((a == epoch_order(5, seed=0, epoch=0)).all())
+    ([0, 1, 2, 3, 4], True)
+  """
+  if not shuffle:
+    return np.arange(num_examples, dtype=np.int64)
+  if seed < 0 or epoch < 0:
+    raise ValueError(f'seed and epoch must be >= 0, got {seed}, {epoch}.')
+  rng = np.random.default_rng((int(seed), int(epoch)))
+  return rng.permutation(num_examples).astype(np.int64)
+
+
+def steps_per_epoch(num_examples: int, *, batch_size: int,
+                    drop_remainder: bool) -> int:
+  """Number of (global) batches in one epoch.
+
+  Example:
+    >>> steps_per_epoch(10, batch_size=4, drop_remainder=True)
+    2
+    >>> steps_per_epoch(10, batch_size=4, drop_remainder=False)
+    3
+  """
+  if drop_remainder:
+    return num_examples // batch_size
+  return math.ceil(num_examples / batch_size)
+
+
+def process_batches(order: np.ndarray, *, batch_size: int, drop_remainder: bool,
+                    process_index: int = 0,
+                    process_count: int = 1) -> list[np.ndarray]:
+  """Splits an epoch's order into this process's index batches.
+
+  Args:
+    order: the epoch's order of example indices (``epoch_order``).
+    batch_size: global batch size ``B``, divisible by ``process_count``.
+    drop_remainder: drop the last global batch when it has fewer than ``B``
+      examples.
+    process_index: this process, in ``[0, process_count)``.
+    process_count: number of processes ``P``.
+
+  Returns:
+    One int64 index array per global step: block ``p`` of ``P`` equal blocks
+    of each global batch (``np.array_split`` blocks for a last partial one).
+
+  Example:
+    >>> [b.tolist() for b in process_batches(np.arange(10), batch_size=4,
+    ...      drop_remainder=False, process_index=1, process_count=2)]
+    [[2, 3], [6, 7], [9]]
+  """
+  if batch_size % process_count:
+    raise ValueError(f'batch_size={batch_size} is the global batch size and '
+                     f'must be divisible by process_count={process_count}.')
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index={process_index} not in '
+                     f'[0, {process_count}).')
+  local = batch_size // process_count
+  n_full = len(order) // batch_size
+  full = order[:n_full * batch_size].reshape(n_full, process_count, local)
+  batches = list(full[:, process_index])
+  rest = order[n_full * batch_size:]
+  if len(rest) and not drop_remainder:
+    batches.append(np.array_split(rest, process_count)[process_index])
+  return batches
+
+
+# --------------------------------------------------------------------------
+# Sources.
+
+
+def _tree_map(fn, tree):
+  if isinstance(tree, Mapping):
+    return {k: _tree_map(fn, v) for k, v in tree.items()}
+  return fn(tree)
+
+
+def stack_records(records: Sequence[Mapping[str, Any]]) -> Batch:
+  """Stacks a list of (nested) record dicts into one dict of batched arrays.
+
+  Example:
+    >>> b = stack_records([{'x': np.zeros(2), 'y': {'z': 1}},
+    ...                    {'x': np.ones(2), 'y': {'z': 2}}])
+    >>> b['x'].shape, b['y']['z'].tolist()
+    ((2, 2), [1, 2])
+  """
+  first = records[0]
+  if isinstance(first, Mapping):
+    return {k: stack_records([r[k] for r in records]) for k in first}
+  return np.stack([np.asarray(r) for r in records])
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+  """An in-memory source: a (nested) dict of arrays sharing the leading axis.
+
+  ``source.gather(indices)`` returns the batch ``{k: v[indices]}`` with one
+  fancy-indexing copy per array, which is what makes small datasets fast.
+
+  Example:
+    >>> src = ArraySource({'x': np.arange(6).reshape(3, 2), 'y': np.arange(3)})
+    >>> len(src), src[1]['x'].tolist(), src.gather(np.array([2, 0]))['y'].tolist()
+    (3, [2, 3], [2, 0])
+  """
+
+  arrays: Mapping[str, Any]
+
+  def __post_init__(self):
+    sizes = set()
+    _tree_map(lambda a: sizes.add(len(a)), self.arrays)
+    if len(sizes) != 1:
+      raise ValueError(f'Arrays disagree on their leading axis: {sizes}.')
+
+  def __len__(self) -> int:
+    out = []
+    _tree_map(out.append, self.arrays)
+    return len(out[0])
+
+  def __getitem__(self, index: int) -> Batch:
+    return _tree_map(lambda a: a[index], self.arrays)
+
+  def gather(self, indices: np.ndarray) -> Batch:
+    return _tree_map(lambda a: a[indices], self.arrays)
+
+
+def gather(source: Any, indices: np.ndarray) -> Batch:
+  """Reads the records at ``indices`` from ``source`` as one stacked batch.
+
+  Uses ``source.gather`` (``ArraySource``), else the batched
+  ``source.__getitems__`` (tfds' ArrayRecord sources read a batch in one
+  call), else one ``source[i]`` per index.
+
+  Example:
+    >>> gather([{'x': 0}, {'x': 10}, {'x': 20}], np.array([2, 0]))['x'].tolist()
+    [20, 0]
+  """
+  if hasattr(source, 'gather'):
+    return source.gather(indices)
+  keys = [int(i) for i in indices]
+  records = None
+  getitems = getattr(source, '__getitems__', None)
+  if getitems is not None and keys:
+    try:
+      records = getitems(keys)
+    except TypeError:
+      # E.g. the sources of `tfds.testing.mock_data`, whose __getitems__ is
+      # broken; a genuine error is raised again by the per-record path.
+      records = None
+  if not keys:
+    # An empty block of a last partial batch: the structure of record 0, with
+    # a batch axis of length zero.
+    return _tree_map(lambda a: a[:0], stack_records([source[0]]))
+  if records is None:
+    records = [source[k] for k in keys]
+  return stack_records(records)
+
+
+def read_into_memory(source: Any, *, chunk_size: int = 4096,
+                     keys: Sequence[str] | None = None) -> ArraySource:
+  """Reads a whole random-access source into an in-memory ``ArraySource``.
+
+  Args:
+    source: a random-access source (e.g. a tfds data source).
+    chunk_size: records read per batched call.
+    keys: keep only these top-level features (saves memory).
+
+  Returns:
+    An ``ArraySource`` with the records in source order.
+
+  Example:
+    >>> read_into_memory([{'x': i, 'y': -i} for i in range(5)],
+    ...                  chunk_size=2, keys=['x']).arrays['x'].tolist()
+    [0, 1, 2, 3, 4]
+  """
+  n = len(source)
+  chunks = []
+  for start in range(0, n, chunk_size):
+    batch = gather(source, np.arange(start, min(start + chunk_size, n)))
+    if keys is not None:
+      batch = {k: batch[k] for k in keys}
+    chunks.append(batch)
+  if not chunks:
+    raise ValueError('The source is empty.')
+
+  def concat(parts):
+    if isinstance(parts[0], Mapping):
+      return {k: concat([p[k] for p in parts]) for k in parts[0]}
+    return np.concatenate(parts)
+
+  return ArraySource(concat(chunks))
+
+
+# --------------------------------------------------------------------------
+# The iterator.
+
+
+def _default_process(process_index, process_count):
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    if process_index is None:
+      process_index = jax.process_index()
+    if process_count is None:
+      process_count = jax.process_count()
+  return int(process_index), int(process_count)
+
+
+_END = object()
+
+
+class _Error:
+
+  def __init__(self, exc: BaseException):
+    self.exc = exc
+
+
+def _index_stream(*, num_examples, batch_size, seed, shuffle, drop_remainder,
+                  num_epochs, process_index, process_count, start):
+  """Yields ``(indices, state after this batch)`` from state ``start`` on."""
+  steps = steps_per_epoch(num_examples, batch_size=batch_size,
+                          drop_remainder=drop_remainder)
+  epoch, step = start
+  while num_epochs is None or epoch < num_epochs:
+    order = epoch_order(num_examples, seed=seed, epoch=epoch, shuffle=shuffle)
+    batches = process_batches(order, batch_size=batch_size,
+                              drop_remainder=drop_remainder,
+                              process_index=process_index,
+                              process_count=process_count)
+    for s in range(step, len(batches)):
+      yield batches[s], ((epoch, s + 1) if s + 1 < steps else (epoch + 1, 0))
+    epoch, step = epoch + 1, 0
+
+
+def _make_batch(source, transform, indices):
+  batch = gather(source, indices)
+  return batch if transform is None else transform(batch)
+
+
+def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
+  """Puts ``item`` unless ``stop`` is set first; returns whether it was put."""
+  while not stop.is_set():
+    try:
+      out.put(item, timeout=0.1)
+      return True
+    except queue.Full:
+      continue
+  return False
+
+
+def _produce(stream, source, transform, out: queue.Queue,
+             stop: threading.Event):
+  """Background thread: batches of ``stream`` into ``out`` until ``stop``."""
+  try:
+    for indices, next_state in stream:
+      if not _put(out, (_make_batch(source, transform, indices), next_state),
+                  stop):
+        return
+    item = _END
+  except BaseException as exc:  # pylint: disable=broad-except
+    item = _Error(exc)
+  _put(out, item, stop)
+
+
+class Loader:
+  """Iterator of batches over a random-access source (see the module doc).
+
+  Args:
+    source: a random-access source (tfds data source, ``ArraySource``, any
+      sequence of record dicts).
+    batch_size: **global** batch size ``B``; each of the ``P`` processes
+      yields ``B / P`` examples per step.
+    seed: seed of the shuffling; epoch ``e`` uses ``(seed, e)``.
+    shuffle: shuffle every epoch (``False``: source order).
+    drop_remainder: drop the last, incomplete global batch of each epoch.
+    num_epochs: stop after this many epochs; ``None`` repeats forever.
+    transform: function applied to every batch (dict of numpy arrays).
+    prefetch: number of batches prepared ahead in a background thread; ``0``
+      prepares them in the calling thread.
+    process_index: this process (default ``jax.process_index()``).
+    process_count: number of processes (default ``jax.process_count()``).
+    state: a state from ``get_state()`` to resume from (default: the start).
+
+  Attributes:
+    num_examples: number of examples in the source (all processes).
+    steps_per_epoch: batches per epoch (the same on every process).
+    local_batch_size: ``batch_size // process_count``.
+
+  Example:
+    >>> src = ArraySource({'x': np.arange(10)})
+    >>> it = Loader(src, batch_size=4, seed=0, num_epochs=1, prefetch=0,
+    ...             process_index=0, process_count=1)
+    >>> [b['x'].shape for b in it], it.get_state()
+    ([(4,), (4,)], {'epoch': 1, 'step': 0})
+  """
+
+  def __init__(self, source: Any, *, batch_size: int, seed: int = 0,
+               shuffle: bool = True, drop_remainder: bool = True,
+               num_epochs: int | None = None,
+               transform: Transform | None = None, prefetch: int = 2,
+               process_index: int | None = None,
+               process_count: int | None = None,
+               state: Mapping[str, int] | None = None):
+    self.source = source
+    self.num_examples = len(source)
+    self.batch_size = int(batch_size)
+    self.seed = int(seed)
+    self.shuffle = bool(shuffle)
+    self.drop_remainder = bool(drop_remainder)
+    self.num_epochs = num_epochs
+    self.transform = transform
+    self.prefetch = int(prefetch)
+    self.process_index, self.process_count = _default_process(
+        process_index, process_count)
+    if self.batch_size <= 0 or self.batch_size % self.process_count:
+      raise ValueError(
+          f'batch_size={batch_size} must be a positive multiple of '
+          f'process_count={self.process_count} (it is the global batch size).')
+    self.local_batch_size = self.batch_size // self.process_count
+    self.steps_per_epoch = steps_per_epoch(
+        self.num_examples, batch_size=self.batch_size,
+        drop_remainder=self.drop_remainder)
+    if self.steps_per_epoch == 0:
+      raise ValueError(
+          f'No batch of {self.batch_size} in {self.num_examples} examples with '
+          'drop_remainder=True.')
+    self._state = (0, 0)
+    self._thread = None
+    self._queue = None
+    self._stop = None
+    self._sync = None
+    if state is not None:
+      self.set_state(state)
+
+  # State ---------------------------------------------------------------
+
+  def get_state(self) -> dict[str, int]:
+    """``{'epoch': e, 'step': s}``: the next batch is step ``s`` of epoch ``e``."""
+    return {'epoch': self._state[0], 'step': self._state[1]}
+
+  def set_state(self, state: Mapping[str, int]) -> None:
+    """Moves the stream to ``state`` (from ``get_state``); stops prefetching."""
+    epoch, step = int(state['epoch']), int(state['step'])
+    if epoch < 0 or not 0 <= step <= self.steps_per_epoch:
+      raise ValueError(f'Invalid state {dict(state)} for an epoch of '
+                       f'{self.steps_per_epoch} steps.')
+    self._shutdown()
+    self._state = self._normalise(epoch, step)
+
+  def _normalise(self, epoch, step):
+    if step >= self.steps_per_epoch:
+      return epoch + 1, 0
+    return epoch, step
+
+  # Producing batches -----------------------------------------------------
+
+  def _stream(self, state):
+    return _index_stream(
+        num_examples=self.num_examples, batch_size=self.batch_size,
+        seed=self.seed, shuffle=self.shuffle,
+        drop_remainder=self.drop_remainder, num_epochs=self.num_epochs,
+        process_index=self.process_index, process_count=self.process_count,
+        start=state)
+
+  def _shutdown(self):
+    if self._thread is not None:
+      self._stop.set()
+      self._thread.join()
+    self._thread = self._queue = self._stop = None
+    self._sync = None
+
+  def close(self) -> None:
+    """Stops the background thread (if any)."""
+    self._shutdown()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def __del__(self):
+    try:
+      self._shutdown()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Batch:
+    if self.prefetch <= 0:
+      if self._sync is None:
+        self._sync = self._stream(self._state)
+      try:
+        indices, next_state = next(self._sync)
+      except StopIteration:
+        self._sync = None
+        raise
+      batch = _make_batch(self.source, self.transform, indices)
+    else:
+      if self._thread is None:
+        self._queue = queue.Queue(maxsize=self.prefetch)
+        self._stop = threading.Event()
+        # The thread holds no reference to `self`, so that dropping the
+        # loader runs __del__, which stops the thread.
+        self._thread = threading.Thread(
+            target=_produce,
+            args=(self._stream(self._state), self.source, self.transform,
+                  self._queue, self._stop),
+            daemon=True, name='mtl_optax.data.Loader')
+        self._thread.start()
+      item = self._queue.get()
+      if item is _END or isinstance(item, _Error):
+        self._thread.join()
+        self._thread = self._queue = self._stop = None
+        if item is _END:
+          raise StopIteration
+        raise item.exc
+      batch, next_state = item
+    self._state = next_state
+    return batch

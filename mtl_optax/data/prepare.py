@@ -1,0 +1,98 @@
+"""Command line: prepare one of this package's tfds datasets (no TensorFlow).
+
+::
+
+    python -m mtl_optax.data.prepare multi_mnist --data-dir OUT [--manual-dir MNIST_DIR]
+    python -m mtl_optax.data.prepare cifar100_mt --data-dir OUT [--manual-dir DIR]
+    python -m mtl_optax.data.prepare cityscapes --data-dir OUT --manual-dir CITYSCAPES
+    python -m mtl_optax.data.prepare nyuv2 --data-dir OUT --manual-dir NYUV2_MTAN
+    python -m mtl_optax.data.prepare seven_scenes --data-dir OUT --manual-dir 7SCENES \\
+        [--config chess --config fire ...]   # default: all seven scenes
+
+Each module's doc says what the manual directory must hold. MultiMNIST and
+CIFAR-100 download their files when ``--manual-dir`` is not given. The
+command prints each split's size and the time taken. ``celeb_a`` is tfds' own
+dataset (prepare it with tfds in ArrayRecord format).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Sequence
+
+import tensorflow_datasets as tfds
+
+from mtl_optax.data import cifar100_mt
+from mtl_optax.data import cityscapes
+from mtl_optax.data import multi_mnist
+from mtl_optax.data import nyuv2
+from mtl_optax.data import seven_scenes
+
+BUILDERS = {
+    'multi_mnist': multi_mnist.MultiMnist,
+    'cifar100_mt': cifar100_mt.Cifar100Mt,
+    'cityscapes': cityscapes.CityscapesMtl,
+    'nyuv2': nyuv2.Nyuv2Mtan,
+    'seven_scenes': seven_scenes.SevenScenes,
+}
+
+
+def prepare(name: str, *, data_dir: str | os.PathLike,
+            manual_dir: str | os.PathLike | None = None,
+            config=None, verify_checksums: bool = True):
+  """Prepares dataset ``name`` (a key of ``BUILDERS``) in ``data_dir``.
+
+  Args:
+    name: ``'multi_mnist'``, ``'cifar100_mt'``, ``'cityscapes'``,
+      ``'nyuv2'`` or ``'seven_scenes'``.
+    data_dir: tfds data directory to write into.
+    manual_dir: directory with the source files (see the dataset's module).
+    config: builder config (name or instance), e.g. a 7-Scenes scene.
+    verify_checksums: check downloaded/manual files' SHA256 where known.
+
+  Returns:
+    The prepared builder.
+  """
+  try:
+    cls = BUILDERS[name]
+  except KeyError:
+    raise KeyError(f'Unknown dataset {name!r}; known: {sorted(BUILDERS)}.'
+                   ) from None
+  builder = cls(data_dir=os.fspath(data_dir), config=config,
+                verify_checksums=verify_checksums)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=None if manual_dir is None else os.fspath(manual_dir)))
+  return builder
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+      prog='python -m mtl_optax.data.prepare', description=__doc__.split('\n')[0])
+  parser.add_argument('name', choices=sorted(BUILDERS))
+  parser.add_argument('--data-dir', required=True)
+  parser.add_argument('--manual-dir', default=None)
+  parser.add_argument('--config', action='append', default=None,
+                      help='builder config (repeatable); seven_scenes: scene '
+                           'names, default all')
+  parser.add_argument('--no-verify', action='store_true',
+                      help='skip SHA256 checks of the source files')
+  args = parser.parse_args(argv)
+  configs = args.config
+  if configs is None:
+    configs = list(seven_scenes.SCENES) if args.name == 'seven_scenes' else [None]
+  for config in configs:
+    start = time.perf_counter()
+    builder = prepare(args.name, data_dir=args.data_dir,
+                      manual_dir=args.manual_dir, config=config,
+                      verify_checksums=not args.no_verify)
+    elapsed = time.perf_counter() - start
+    label = builder.name + (f'/{config}' if config else '')
+    for split, info in sorted(builder.info.splits.items()):
+      print(f'{label} {split}: {info.num_examples} examples')
+    print(f'{label} prepared in {elapsed:.1f} s: {builder.data_dir}')
+
+
+if __name__ == '__main__':
+  main()
