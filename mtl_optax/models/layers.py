@@ -1,0 +1,219 @@
+"""Building blocks shared by the model zoo (NHWC throughout).
+
+Convolutions are padded explicitly (``dilation * (k - 1) // 2`` on each side),
+as in the PyTorch definitions the papers used, so strided layers see the same
+pixels. BatchNorm uses ``momentum=0.9`` (PyTorch's 0.1) and ``epsilon=1e-5``.
+Resizing and adaptive pooling are small matrices applied along H and W
+(built with numpy at trace time, so shapes stay static).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+# He-normal, fan-out (torchvision's ResNet/VGG convolution initialisation).
+he_normal_fan_out = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def conv(in_features: int, out_features: int, kernel_size: int, *,
+         stride: int = 1, dilation: int = 1, use_bias: bool = False,
+         kernel_init: Callable = he_normal_fan_out,
+         rngs: nnx.Rngs) -> nnx.Conv:
+  """A square convolution with PyTorch-style symmetric padding.
+
+  Args:
+    in_features: input channels.
+    out_features: output channels.
+    kernel_size: ``k`` of the ``k×k`` kernel.
+    stride: spatial stride.
+    dilation: kernel dilation (atrous rate).
+    use_bias: whether the convolution has a bias.
+    kernel_init: the kernel's initializer.
+    rngs: random streams for the initialisation.
+
+  Returns:
+    An ``nnx.Conv`` padded by ``dilation * (k - 1) // 2`` on every side.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from mtl_optax.models import layers
+    >>> c = layers.conv(3, 8, 3, stride=2, rngs=nnx.Rngs(0))
+    >>> c.padding, nnx.eval_shape(lambda: c(jnp.zeros((1, 7, 8, 3)))).shape
+    (((1, 1), (1, 1)), (1, 4, 4, 8))
+  """
+  pad = dilation * (kernel_size - 1) // 2
+  return nnx.Conv(
+      in_features, out_features, (kernel_size, kernel_size),
+      strides=stride, padding=((pad, pad), (pad, pad)),
+      kernel_dilation=dilation, use_bias=use_bias, kernel_init=kernel_init,
+      rngs=rngs)
+
+
+def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  """BatchNorm with PyTorch's defaults (momentum 0.1 there, 0.9 here)."""
+  return nnx.BatchNorm(num_features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                       rngs=rngs)
+
+
+class ConvBN(nnx.Module):
+  """Convolution followed by BatchNorm (no activation)."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: int, *,
+               stride: int = 1, dilation: int = 1, use_bias: bool = False,
+               kernel_init: Callable = he_normal_fan_out, rngs: nnx.Rngs):
+    self.conv = conv(in_features, out_features, kernel_size, stride=stride,
+                     dilation=dilation, use_bias=use_bias,
+                     kernel_init=kernel_init, rngs=rngs)
+    self.norm = batch_norm(out_features, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.norm(self.conv(x))
+
+
+class UnitNormalized(nnx.Module):
+  """Wraps a head and scales its output to unit L2 norm on the last axis.
+
+  Used for surface normals. ``eps`` keeps the gradient finite at zero.
+  """
+
+  def __init__(self, head: nnx.Module, *, eps: float = 1e-12):
+    self.head = head
+    self.eps = eps
+
+  def __call__(self, z):
+    out = self.head(z)
+    sq = jnp.sum(jnp.square(out), axis=-1, keepdims=True)
+    return out * jax.lax.rsqrt(jnp.maximum(sq, self.eps))
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0):
+  """Max pooling over H and W with symmetric ``-inf`` padding."""
+  pad = ((padding, padding), (padding, padding))
+  return nnx.max_pool(x, (window, window), strides=(stride, stride),
+                      padding=pad)
+
+
+def global_average_pool(x: jax.Array) -> jax.Array:
+  """``[B, H, W, C] -> [B, C]``."""
+  return jnp.mean(x, axis=(1, 2))
+
+
+def _linear_interpolation_matrix(size_in: int, size_out: int,
+                                 align_corners: bool) -> np.ndarray:
+  """``[size_out, size_in]`` weights of 1-D linear interpolation."""
+  out = np.arange(size_out, dtype=np.float64)
+  if align_corners:
+    scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    src = out * scale
+  else:
+    src = (out + 0.5) * size_in / size_out - 0.5
+    src = np.clip(src, 0.0, size_in - 1)
+  lo = np.floor(src).astype(np.int64)
+  lo = np.clip(lo, 0, size_in - 1)
+  hi = np.minimum(lo + 1, size_in - 1)
+  frac = src - lo
+  m = np.zeros((size_out, size_in), np.float64)
+  np.add.at(m, (np.arange(size_out), lo), 1.0 - frac)
+  np.add.at(m, (np.arange(size_out), hi), frac)
+  return m
+
+
+def resize_bilinear(x: jax.Array, size: tuple[int, int], *,
+                    align_corners: bool = True) -> jax.Array:
+  """Bilinear resize of ``[B, H, W, C]`` to ``size = (H', W')``.
+
+  ``align_corners=True`` maps corner pixels onto corner pixels (PyTorch's
+  ``interpolate(..., align_corners=True)``, used by PSPNet and MTAN);
+  ``False`` uses half-pixel centres.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mtl_optax.models import layers
+    >>> x = jnp.array([0., 3.]).reshape(1, 1, 2, 1)
+    >>> layers.resize_bilinear(x, (1, 4))[0, 0, :, 0].tolist()
+    [0.0, 1.0, 2.0, 3.0]
+  """
+  h, w = x.shape[1:3]
+  if (h, w) == tuple(size):
+    return x
+  mh = jnp.asarray(_linear_interpolation_matrix(h, size[0], align_corners),
+                   x.dtype)
+  mw = jnp.asarray(_linear_interpolation_matrix(w, size[1], align_corners),
+                   x.dtype)
+  x = jnp.einsum('oh,bhwc->bowc', mh, x)
+  return jnp.einsum('pw,bowc->bopc', mw, x)
+
+
+def _adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """Rows average ``[floor(i n / m), ceil((i + 1) n / m))`` (PyTorch's bins)."""
+  m = np.zeros((size_out, size_in), np.float64)
+  for i in range(size_out):
+    start = (i * size_in) // size_out
+    end = -((-(i + 1) * size_in) // size_out)
+    m[i, start:end] = 1.0 / (end - start)
+  return m
+
+
+def adaptive_average_pool(x: jax.Array, size: int) -> jax.Array:
+  """Average-pools ``[B, H, W, C]`` to ``[B, size, size, C]`` (adaptive bins).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mtl_optax.models import layers
+    >>> x = jnp.arange(4.).reshape(1, 1, 4, 1)
+    >>> layers.adaptive_average_pool(x, 1)[0, 0, 0, 0].item()
+    1.5
+  """
+  h, w = x.shape[1:3]
+  mh = jnp.asarray(_adaptive_pool_matrix(h, size), x.dtype)
+  mw = jnp.asarray(_adaptive_pool_matrix(w, size), x.dtype)
+  x = jnp.einsum('oh,bhwc->bowc', mh, x)
+  return jnp.einsum('pw,bowc->bopc', mw, x)
+
+
+def max_pool_2x2_with_argmax(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """2×2 stride-2 max pooling that also returns the argmax in each window.
+
+  Args:
+    x: ``[B, H, W, C]`` with even ``H`` and ``W``.
+
+  Returns:
+    ``(pooled [B, H/2, W/2, C], argmax [B, H/2, W/2, C])``, the argmax in
+    ``0..3`` (row-major in the window; the first maximum on ties). The
+    gradient flows to the selected element only, as in SegNet.
+  """
+  b, h, w, c = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f'max_pool_2x2_with_argmax needs even H and W; got {h}x{w}.')
+  windows = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 5, 2, 4)
+  windows = windows.reshape(b, h // 2, w // 2, c, 4)
+  argmax = jnp.argmax(windows, axis=-1)
+  pooled = jnp.take_along_axis(windows, argmax[..., None], axis=-1)[..., 0]
+  return pooled, argmax
+
+
+def max_unpool_2x2(x: jax.Array, argmax: jax.Array) -> jax.Array:
+  """Inverse of ``max_pool_2x2_with_argmax``: values back at their argmax,
+  zeros elsewhere (SegNet's upsampling).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mtl_optax.models import layers
+    >>> x = jnp.array([[1., 5.], [2., 0.]]).reshape(1, 2, 2, 1)
+    >>> p, i = layers.max_pool_2x2_with_argmax(x)
+    >>> layers.max_unpool_2x2(p, i)[0, :, :, 0].tolist()
+    [[0.0, 5.0], [0.0, 0.0]]
+  """
+  b, h, w, c = x.shape
+  windows = x[..., None] * jax.nn.one_hot(argmax, 4, dtype=x.dtype)
+  windows = windows.reshape(b, h, w, c, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+  return windows.reshape(b, 2 * h, 2 * w, c)

@@ -1,0 +1,332 @@
+"""The model zoo by name: the benchmarks' architectures and their losses.
+
+==============================  ============  =========  =====================================
+name                            dataset       input      tasks (outputs)
+==============================  ============  =========  =====================================
+``lenet_multimnist``            multi_mnist   28×28×1    left, right (10 logits)
+``resnet18_celeba``             celeb_a       64×64×3    40 attributes (2 logits each)
+``resnet34_7scenes``            seven_scenes  224×224×3  translation (3), orientation (4)
+``resnet50_pspnet_cityscapes``  cityscapes    256×512×3  segmentation (19), instance (2),
+                                                         depth (1), at the input size
+``resnet34_aspp_nyuv2``         nyuv2         288×384×3  segmentation (13), depth (1),
+                                                         normals (3, unit length)
+``mtan_segnet``                 nyuv2 or      288×384×3  ``tasks='nyuv2'``: as above;
+                                cityscapes    128×256×3  ``'cityscapes2'``: segmentation (7),
+                                                         depth (1)
+``vgg16_cifar100mt``            cifar100_mt   32×32×3    20 coarse classes (5 logits each)
+==============================  ============  =========  =====================================
+
+Every model takes ``width`` (64 as published; smaller for tests and quick
+runs) and ``rngs`` (an ``nnx.Rngs`` or an int seed). ``default_task_losses``
+gives each entry's ``task_losses`` for the batch convention
+``{'image': ..., <task>: target, ...}`` (see ``mtl_optax.models.losses``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+from flax import nnx
+
+from mtl_optax.models import base
+from mtl_optax.models import heads as heads_lib
+from mtl_optax.models import layers
+from mtl_optax.models import lenet
+from mtl_optax.models import losses
+from mtl_optax.models import mtan
+from mtl_optax.models import resnet as resnet_lib
+from mtl_optax.models import vgg
+
+CELEBA_ATTRIBUTES = (
+    '5_o_Clock_Shadow', 'Arched_Eyebrows', 'Attractive', 'Bags_Under_Eyes',
+    'Bald', 'Bangs', 'Big_Lips', 'Big_Nose', 'Black_Hair', 'Blond_Hair',
+    'Blurry', 'Brown_Hair', 'Bushy_Eyebrows', 'Chubby', 'Double_Chin',
+    'Eyeglasses', 'Goatee', 'Gray_Hair', 'Heavy_Makeup', 'High_Cheekbones',
+    'Male', 'Mouth_Slightly_Open', 'Mustache', 'Narrow_Eyes', 'No_Beard',
+    'Oval_Face', 'Pale_Skin', 'Pointy_Nose', 'Receding_Hairline',
+    'Rosy_Cheeks', 'Sideburns', 'Smiling', 'Straight_Hair', 'Wavy_Hair',
+    'Wearing_Earrings', 'Wearing_Hat', 'Wearing_Lipstick', 'Wearing_Necklace',
+    'Wearing_Necktie', 'Young')
+
+CIFAR100_COARSE_CLASSES = (
+    'aquatic_mammals', 'fish', 'flowers', 'food_containers',
+    'fruit_and_vegetables', 'household_electrical_devices',
+    'household_furniture', 'insects', 'large_carnivores',
+    'large_man-made_outdoor_things', 'large_natural_outdoor_scenes',
+    'large_omnivores_and_herbivores', 'medium_mammals',
+    'non-insect_invertebrates', 'people', 'reptiles', 'small_mammals', 'trees',
+    'vehicles_1', 'vehicles_2')
+
+MULTI_MNIST_TASKS = ('left', 'right')
+SEVEN_SCENES_TASKS = ('translation', 'orientation')
+CITYSCAPES_TASKS = ('segmentation', 'instance', 'depth')
+NYUV2_TASKS = ('segmentation', 'depth', 'normals')
+
+
+def _rngs(rngs: nnx.Rngs | int) -> nnx.Rngs:
+  return nnx.Rngs(rngs) if isinstance(rngs, int) else rngs
+
+
+# -- models -------------------------------------------------------------------
+
+
+def lenet_multimnist(*, rngs: nnx.Rngs | int = 0,
+                     input_shape: tuple[int, int, int] = (28, 28, 1),
+                     num_classes: int = 10, features: int = 50
+                     ) -> base.MultiTaskModel:
+  """LeNet encoder (FC 50) with an FC-10 head per digit (left, right)."""
+  rngs = _rngs(rngs)
+  encoder = lenet.LeNet(input_shape=input_shape, features=features, rngs=rngs)
+  return base.MultiTaskModel(encoder, {
+      t: nnx.Linear(features, num_classes, rngs=rngs)
+      for t in MULTI_MNIST_TASKS})
+
+
+def resnet18_celeba(*, rngs: nnx.Rngs | int = 0,
+                    tasks: Sequence[str] = CELEBA_ATTRIBUTES,
+                    num_classes: int = 2, width: int = 64,
+                    in_features: int = 3) -> base.MultiTaskModel:
+  """ResNet-18 (3×3 stride-1 stem, no max-pool), pooled; an FC-2 per attribute.
+
+  Sener & Koltun's code pools 4×4 windows into a 2×2×512 = 2048 vector; we
+  use the global average (512), as Aligned-MTL's Table 7.
+  """
+  rngs = _rngs(rngs)
+  encoder = resnet_lib.resnet(depth=18, stem='cifar', width=width,
+                              in_features=in_features, rngs=rngs)
+  return base.MultiTaskModel(encoder, {
+      t: nnx.Linear(encoder.num_features, num_classes, rngs=rngs)
+      for t in tasks})
+
+
+def resnet34_7scenes(*, rngs: nnx.Rngs | int = 0, width: int = 64,
+                     in_features: int = 3) -> base.MultiTaskModel:
+  """ResNet-34 (7×7/2 stem + max-pool), pooled; FC 3 (translation) and FC 4
+  (orientation, a raw quaternion: normalise it for use)."""
+  rngs = _rngs(rngs)
+  encoder = resnet_lib.resnet(depth=34, width=width, in_features=in_features,
+                              rngs=rngs)
+  return base.MultiTaskModel(encoder, {
+      'translation': nnx.Linear(encoder.num_features, 3, rngs=rngs),
+      'orientation': nnx.Linear(encoder.num_features, 4, rngs=rngs)})
+
+
+def resnet50_pspnet_cityscapes(*, rngs: nnx.Rngs | int = 0,
+                               num_classes: int = 19, width: int = 64,
+                               bins: Sequence[int] = (1, 2, 3, 6),
+                               pool_features: int | None = None,
+                               features: int | None = None,
+                               in_features: int = 3) -> base.MultiTaskModel:
+  """Dilated ResNet-50 (output stride 8) and a PSPNet head per task.
+
+  Outputs at the input size (sides must be multiples of 8): segmentation
+  logits (``num_classes``), instance centre offsets (2), disparity (1).
+  ``features`` (fusion channels) defaults to ``8 · width`` (512) and
+  ``pool_features`` to a quarter of the encoder's channels (512).
+  """
+  rngs = _rngs(rngs)
+  encoder = resnet_lib.resnet(depth=50, width=width, output_stride=8,
+                              global_pool=False, in_features=in_features,
+                              rngs=rngs)
+  features = 8 * width if features is None else features
+  outputs = {'segmentation': num_classes, 'instance': 2, 'depth': 1}
+  return base.MultiTaskModel(encoder, {
+      t: heads_lib.PyramidPoolingHead(
+          encoder.num_features, out, bins=bins, pool_features=pool_features,
+          features=features, upsample=encoder.output_stride, rngs=rngs)
+      for t, out in outputs.items()})
+
+
+def resnet34_aspp_nyuv2(*, rngs: nnx.Rngs | int = 0, num_classes: int = 13,
+                        width: int = 64, rates: Sequence[int] = (6, 12, 18, 24),
+                        hidden: int | None = None,
+                        in_features: int = 3) -> base.MultiTaskModel:
+  """Dilated ResNet-34 (output stride 8) and a DeepLab-v2 ASPP head per task
+  (the AdaShare/MAMG set-up). ``hidden`` defaults to ``16 · width`` (1024).
+
+  Outputs at the input size (sides multiples of 8): segmentation logits
+  (``num_classes``), depth (1), unit normals (3).
+  """
+  rngs = _rngs(rngs)
+  encoder = resnet_lib.resnet(depth=34, width=width, output_stride=8,
+                              global_pool=False, in_features=in_features,
+                              rngs=rngs)
+  hidden = 16 * width if hidden is None else hidden
+
+  def head(out):
+    return heads_lib.ASPPHead(encoder.num_features, out, rates=rates,
+                              hidden=hidden, upsample=encoder.output_stride,
+                              rngs=rngs)
+
+  return base.MultiTaskModel(encoder, {
+      'segmentation': head(num_classes),
+      'depth': head(1),
+      'normals': layers.UnitNormalized(head(3))})
+
+
+def mtan_segnet(*, rngs: nnx.Rngs | int = 0,
+                tasks: str | Mapping[str, int] = 'nyuv2',
+                num_classes: int | None = None, width: int = 64,
+                filters: Sequence[int] | None = None,
+                in_features: int = 3) -> base.MultiTaskModel:
+  """MTAN SegNet (see ``mtl_optax.models.mtan``); ``tasks='nyuv2'`` or
+  ``'cityscapes2'``. ``filters`` defaults to ``(64, 128, 256, 512, 512)``
+  scaled by ``width / 64``."""
+  if filters is None:
+    filters = tuple(f * width // 64 for f in mtan.FILTERS)
+  return mtan.mtan_segnet(tasks=dict(tasks) if not isinstance(tasks, str)
+                          else tasks, num_classes=num_classes,
+                          filters=filters, in_features=in_features,
+                          rngs=_rngs(rngs))
+
+
+def vgg16_cifar100mt(*, rngs: nnx.Rngs | int = 0,
+                     tasks: Sequence[str] = CIFAR100_COARSE_CLASSES,
+                     num_classes: int = 5, width: int = 64,
+                     in_features: int = 3) -> base.MultiTaskModel:
+  """VGG-16-BN convolutional stack; an FC-5 head per CIFAR-100 coarse class."""
+  rngs = _rngs(rngs)
+  encoder = vgg.VGG16(width=width, in_features=in_features, rngs=rngs)
+  return base.MultiTaskModel(encoder, {
+      t: nnx.Linear(encoder.num_features, num_classes, rngs=rngs)
+      for t in tasks})
+
+
+# -- losses -------------------------------------------------------------------
+
+_DENSE_LOSSES: dict[str, losses.TaskLoss] = {
+    'segmentation': losses.target_loss(losses.softmax_cross_entropy,
+                                       'segmentation'),
+    'depth': losses.target_loss(losses.depth_l1_loss, 'depth'),
+    'normals': losses.target_loss(losses.normal_cosine_loss, 'normals'),
+    'instance': losses.target_loss(losses.l1_loss, 'instance',
+                                   mask_key='instance_mask'),
+}
+
+
+def _classification_losses(default_tasks):
+  def build(*, tasks: Sequence[str] = default_tasks, **_):
+    return {t: losses.target_loss(losses.softmax_cross_entropy, t)
+            for t in tasks}
+  return build
+
+
+def _dense_losses(default_tasks):
+  def build(*, tasks: str | Mapping[str, int] | Sequence[str] = default_tasks,
+            **_):
+    if isinstance(tasks, str):
+      tasks = mtan.TASK_SETS[tasks]
+    return {t: _DENSE_LOSSES[t] for t in tasks}
+  return build
+
+
+def _pose_losses(*, norm: str = 'l2', **_):
+  return {
+      'translation': losses.target_loss(losses.pose_translation_loss,
+                                        'translation', norm=norm),
+      'orientation': losses.target_loss(losses.pose_orientation_loss,
+                                        'orientation', norm=norm),
+  }
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """A registry entry.
+
+  Attributes:
+    create: ``create(*, rngs, **kwargs) -> MultiTaskModel``.
+    task_losses: ``task_losses(**kwargs) -> {task: fn(output, batch)}``; it
+      accepts (and ignores what it does not use of) ``create``'s keywords.
+    dataset: the dataset name of the data helpers.
+    input_shape: the published ``(H, W, C)`` of the images.
+  """
+  create: Callable[..., base.MultiTaskModel]
+  task_losses: Callable[..., dict[str, losses.TaskLoss]]
+  dataset: str
+  input_shape: tuple[int, int, int]
+
+
+_REGISTRY: dict[str, ModelSpec] = {
+    'lenet_multimnist': ModelSpec(
+        lenet_multimnist, _classification_losses(MULTI_MNIST_TASKS),
+        'multi_mnist', (28, 28, 1)),
+    'resnet18_celeba': ModelSpec(
+        resnet18_celeba, _classification_losses(CELEBA_ATTRIBUTES),
+        'celeb_a', (64, 64, 3)),
+    'resnet34_7scenes': ModelSpec(
+        resnet34_7scenes, _pose_losses, 'seven_scenes', (224, 224, 3)),
+    'resnet50_pspnet_cityscapes': ModelSpec(
+        resnet50_pspnet_cityscapes, _dense_losses(CITYSCAPES_TASKS),
+        'cityscapes', (256, 512, 3)),
+    'resnet34_aspp_nyuv2': ModelSpec(
+        resnet34_aspp_nyuv2, _dense_losses(NYUV2_TASKS), 'nyuv2',
+        (288, 384, 3)),
+    'mtan_segnet': ModelSpec(
+        mtan_segnet, _dense_losses('nyuv2'), 'nyuv2', (288, 384, 3)),
+    'vgg16_cifar100mt': ModelSpec(
+        vgg16_cifar100mt, _classification_losses(CIFAR100_COARSE_CLASSES),
+        'cifar100_mt', (32, 32, 3)),
+}
+
+
+def available() -> tuple[str, ...]:
+  """Names of the registered models.
+
+  Example:
+    >>> from mtl_optax import models
+    >>> 'mtan_segnet' in models.available()
+    True
+  """
+  return tuple(_REGISTRY)
+
+
+def spec(name: str) -> ModelSpec:
+  """The registry entry ``name`` (factory, losses, dataset, input shape)."""
+  if name not in _REGISTRY:
+    raise ValueError(f'Unknown model {name!r}; available: {available()}.')
+  return _REGISTRY[name]
+
+
+def create(name: str, *, rngs: nnx.Rngs | int = 0,
+           **kwargs: Any) -> base.MultiTaskModel:
+  """Builds the registered model ``name``.
+
+  Args:
+    name: one of ``available()``.
+    rngs: an ``nnx.Rngs`` or an int seed.
+    **kwargs: the factory's options (``width``, ``num_classes``, ``tasks``
+      ...; see the factory of the same name in this module).
+
+  Returns:
+    A ``MultiTaskModel``.
+
+  Example:
+    >>> from mtl_optax import models
+    >>> models.create('lenet_multimnist').tasks
+    ('left', 'right')
+  """
+  return spec(name).create(rngs=rngs, **kwargs)
+
+
+def default_task_losses(name: str, **kwargs: Any) -> dict[str, Any]:
+  """The standard ``task_losses`` of model ``name``.
+
+  Args:
+    name: one of ``available()``.
+    **kwargs: the keywords given to ``create`` (``tasks`` selects the task
+      set of ``mtan_segnet`` and the subsets of CelebA / CIFAR-100-MT) and
+      ``norm='l1'`` for L1 pose losses; others are ignored.
+
+  Returns:
+    ``{task: fn(output, batch) -> scalar}``: cross-entropy (ignore label
+    -1) for classification and segmentation, masked L1 for depth/disparity
+    (target 0 invalid) and instance offsets (``batch['instance_mask']``
+    when present), cosine loss for normals, L2 distances for the pose.
+
+  Example:
+    >>> from mtl_optax import models
+    >>> sorted(models.default_task_losses('mtan_segnet', tasks='cityscapes2'))
+    ['depth', 'segmentation']
+  """
+  return spec(name).task_losses(**kwargs)
