@@ -24,7 +24,7 @@ import importlib
 
 _SUBMODULES = ('builder_base', 'celeb_a', 'cifar100_mt', 'cityscapes',
                'datasets', 'image_ops', 'loader', 'multi_mnist', 'nyuv2',
-               'prepare', 'seven_scenes')
+               'prepare', 'seven_scenes', 'synthetic')
 _ATTRIBUTES = {
     'DATASETS': 'datasets',
     'DatasetSpec': 'datasets',
@@ -35,6 +35,7 @@ _ATTRIBUTES = {
     'ArraySource': 'loader',
     'Loader': 'loader',
     'read_into_memory': 'loader',
+    'random_batch': 'synthetic',
 }
 
 __all__ = sorted(_SUBMODULES + tuple(_ATTRIBUTES))

@@ -189,7 +189,10 @@ class CityscapesMtl(builder_base.ArrayRecordBuilder,
 
   name = 'cityscapes_mtl'
   VERSION = tfds.core.Version('1.0.0')
-  BUILDER_CONFIGS = [CityscapesMtlConfig(name='256x512', size=(256, 512))]
+  # 256×512: the three-task set-up (MGDA-UB, Aligned-MTL); 128×256: MTAN's
+  # two-task set-up (followed by CAGrad and Aligned-MTL).
+  BUILDER_CONFIGS = [CityscapesMtlConfig(name='256x512', size=(256, 512)),
+                     CityscapesMtlConfig(name='128x256', size=(128, 256))]
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Extract leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip and '
       'disparity_trainvaltest.zip (https://www.cityscapes-dataset.com) into '
