@@ -1,0 +1,14 @@
+"""Test-session settings, applied before JAX starts.
+
+The tests' programs are small and run a few steps, so XLA's compile time
+dominates them: compiling at the CPU backend's lowest optimisation level
+makes the model-zoo and config tests about 3x faster (MTAN: 182 s -> 66 s)
+with the same numerics up to float rounding. An ``XLA_FLAGS`` already set
+in the environment is respected.
+"""
+
+import os
+
+os.environ.setdefault(
+    'XLA_FLAGS',
+    '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')

@@ -1,0 +1,150 @@
+"""The training loop: both levels train, resume is bit-identical, skips hold."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtl_optax import training
+from mtl_optax.data import loader as loader_lib
+
+NUM_EXAMPLES = 96
+
+
+def _arrays(num=NUM_EXAMPLES, seed=0):
+  rng = np.random.default_rng(seed)
+  left = rng.integers(0, 10, num).astype(np.int32)
+  right = rng.integers(0, 10, num).astype(np.int32)
+  # A learnable signal: the labels written into two pixels.
+  image = rng.normal(size=(num, 28, 28, 1)).astype(np.float32) * 0.1
+  image[:, 3, 3, 0] += left / 10
+  image[:, 20, 20, 0] += right / 10
+  return {'image': image, 'left': left, 'right': right}
+
+
+def _data_fn(arrays=None):
+  arrays = arrays if arrays is not None else _arrays()
+
+  def data_fn(split, *, batch_size, seed, shuffle, num_epochs,
+              drop_remainder, state=None):
+    return loader_lib.Loader(
+        loader_lib.ArraySource(arrays), batch_size=batch_size, seed=seed,
+        shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
+        prefetch=2, process_index=0, process_count=1, state=state)
+
+  return data_fn
+
+
+def _config(**overrides):
+  base = training.Config(model='lenet_multimnist', dataset='multi_mnist',
+                         method='aligned_mtl', batch_size=16,
+                         optimizer='adam', learning_rate=3e-3, num_steps=12,
+                         log_every_steps=5, eval_every_epochs=1.0)
+  return base.replace(**overrides)
+
+
+@pytest.mark.parametrize('level', ['parameter', 'representation'])
+@pytest.mark.parametrize('method', ['aligned_mtl', 'mgda'])
+def test_trains_logs_and_evaluates(level, method):
+  result = training.train(_config(level=level, method=method),
+                          progress=False, data_fn=_data_fn())
+  history = result.history
+  assert history['losses'].shape == (12, 2)
+  assert history['weights'].shape == (12, 2)
+  assert np.isfinite(history['weights']).all()
+  assert history['dominance_rate'].shape == (12,)
+  assert (history['dominance_rate'] >= 1).all()
+  assert not history['skipped'].any()
+  assert int(result.state.step) == 12
+  # 96 examples / 16 = 6 steps per epoch: evaluations after steps 6 and 12.
+  assert [e['step'] for e in result.evaluations] == [6, 12]
+  accuracy = result.evaluations[-1]['metrics']['left']['accuracy']
+  assert 0.0 <= accuracy <= 1.0
+  first = history['losses'][:3].sum(-1).mean()
+  last = history['losses'][-3:].sum(-1).mean()
+  assert last < first
+
+
+def test_resume_is_bit_identical(tmp_path):
+  config = _config(num_steps=10, checkpoint_every_steps=4)
+  straight = training.train(config, progress=False, data_fn=_data_fn())
+  interrupted = training.train(config, workdir=tmp_path, progress=False,
+                               data_fn=_data_fn(), stop_after=6)
+  assert int(interrupted.state.step) == 6
+  resumed = training.train(config, workdir=tmp_path, progress=False,
+                           data_fn=_data_fn())
+  assert int(resumed.state.step) == 10
+  assert resumed.history['losses'].shape == (4, 2)
+  same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                      straight.state, resumed.state)
+  assert all(jax.tree.leaves(same))
+  np.testing.assert_array_equal(straight.history['losses'][6:],
+                                resumed.history['losses'])
+  lines = [json.loads(l) for l in (tmp_path / 'log.jsonl').read_text()
+           .splitlines()]
+  assert 'config' in lines[0]
+  assert any('eval' in l for l in lines)
+
+
+def test_resume_representation_level_keeps_aggregator_state(tmp_path):
+  config = _config(method='nash_mtl', level='representation', num_steps=6)
+  straight = training.train(config, progress=False, data_fn=_data_fn())
+  training.train(config, workdir=tmp_path, progress=False,
+                 data_fn=_data_fn(), stop_after=3)
+  resumed = training.train(config, workdir=tmp_path, progress=False,
+                           data_fn=_data_fn())
+  same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                      straight.state, resumed.state)
+  assert all(jax.tree.leaves(same))
+
+
+def test_non_finite_batch_freezes_parameters_and_optimizer():
+  arrays = _arrays()
+  experiment = training.build(_config(), num_train_examples=NUM_EXAMPLES)
+  state = jax.tree.map(jnp.copy, experiment.init_state)
+  good = {k: v[:16] for k, v in arrays.items()}
+  state, _ = experiment.train_step(state, good)   # Adam has momentum now
+  bad = dict(good, image=good['image'].copy())
+  bad['image'][0, 0, 0, 0] = np.nan
+  before = jax.tree.map(np.asarray, state)
+  after, log = experiment.train_step(state, bad)
+  assert bool(log.skipped)
+  for name in ('params', 'opt_state', 'batch_stats'):
+    same = jax.tree.map(np.array_equal, getattr(before, name),
+                        jax.tree.map(np.asarray, getattr(after, name)))
+    assert all(jax.tree.leaves(same)), name
+
+
+def test_step_decay_schedule():
+  config = _config(learning_rate=0.1, lr_decay_epochs=(1, 2),
+                   lr_decay_factor=0.5)
+  schedule = training.learning_rate_schedule(config, steps_per_epoch=10)
+  assert [float(schedule(s)) for s in (0, 9, 10, 19, 20)] == pytest.approx(
+      [0.1, 0.1, 0.05, 0.05, 0.025])
+
+
+def test_unknown_names_are_clear_errors():
+  with pytest.raises(ValueError, match='level'):
+    training.build(_config(level='theta'), num_train_examples=16)
+  with pytest.raises(ValueError, match='Unknown method'):
+    training.build(_config(method='nope'), num_train_examples=16)
+  with pytest.raises(ValueError, match='optimizer'):
+    training.build(_config(optimizer='lbfgs'), num_train_examples=16)
+
+
+def test_data_parallel_mesh_gives_the_single_device_run():
+  # One device here; tests/test_sharding.py runs the mesh on 8 devices.
+  config = _config(num_steps=4)
+  plain = training.train(config, progress=False, data_fn=_data_fn())
+  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  meshed = training.train(config, progress=False, data_fn=_data_fn(),
+                          mesh=mesh)
+  np.testing.assert_allclose(meshed.history['losses'],
+                             plain.history['losses'], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6),
+               meshed.state.params, plain.state.params)
+  for task, values in plain.evaluations[-1]['metrics'].items():
+    assert meshed.evaluations[-1]['metrics'][task] == pytest.approx(values)
