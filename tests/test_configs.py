@@ -1,0 +1,61 @@
+"""Every benchmark config builds and trains 2 steps on random
+batches in its dataset's convention, at a small width and image size."""
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from mtl_optax import data
+from mtl_optax import training
+from mtl_optax.data import loader as loader_lib
+
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / 'benchmarks'))
+import configs  # noqa: E402
+
+SMALL_IMAGE = {'multi_mnist': None, 'celeb_a': (16, 16), 'cifar100_mt': None,
+               'cityscapes': (32, 32), 'cityscapes_mtan': (32, 32),
+               'nyuv2': (32, 32), 'seven_scenes': (32, 32)}
+
+
+def _data_fn(dataset):
+  arrays = data.random_batch(dataset, 8, image_size=SMALL_IMAGE[dataset])
+
+  def data_fn(split, *, batch_size, seed, shuffle, num_epochs,
+              drop_remainder, state=None):
+    return loader_lib.Loader(
+        loader_lib.ArraySource(arrays), batch_size=batch_size, seed=seed,
+        shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
+        prefetch=0, process_index=0, process_count=1, state=state)
+
+  return data_fn
+
+
+CASES = [(name, {}) for name in configs.NAMES] + [('nyuv2', {'arch': 'aspp'})]
+
+
+@pytest.mark.parametrize('name,args', CASES,
+                         ids=[n + ''.join(a.values()) for n, a in CASES])
+def test_config_trains_two_steps(name, args):
+  config = configs.get_config(name, **args)
+  assert config.model and config.dataset and config.method
+  width = {} if config.model == 'lenet_multimnist' else {'width': 4}
+  config = config.replace(
+      batch_size=4, eval_batch_size=4, num_steps=2, max_eval_batches=1,
+      model_kwargs={**config.model_kwargs, **width})
+  # Each config at its representation level (the cheaper compile); both
+  # levels of the loop are tested in test_training.py.
+  result = training.train(config.replace(level='representation'),
+                          progress=False, data_fn=_data_fn(config.dataset))
+  assert int(result.state.step) == 2
+  assert np.isfinite(result.history['losses']).all()
+  assert not result.history['skipped'].any()
+  metrics = result.evaluations[-1]['metrics']
+  values = [v for task in metrics.values() for v in task.values()]
+  assert values and np.isfinite(values).all()
+
+
+def test_unknown_config_is_a_clear_error():
+  with pytest.raises(KeyError, match='known'):
+    configs.get_config('imagenet')
