@@ -26,7 +26,20 @@ def test_quickstart_runs_and_trains():
   assert float(state.diagnostics.dominance_rate) >= 1.0
 
 
-def test_main_job_runs(tmp_path, monkeypatch):
+def test_main_job_is_the_toy_benchmark():
+  # The README's command 1 runs benchmarks/toy.py (tests/test_toy.py runs it
+  # at a small step count) and its figure is the one the README shows.
+  text = README.read_text()
+  commands = re.findall(r'```bash\n(.*?)```', text, re.S)[0]
+  main_job = next(l for l in commands.splitlines() if 'pip install' in l)
+  script = main_job.rsplit('.venv/bin/python', 1)[1].split()[0]
+  assert script == 'benchmarks/toy.py'
+  assert (README.parent / script).exists()
+  assert '](benchmarks/results/toy.png)' in text
+  assert (README.parent / 'benchmarks/results/toy.png').exists()
+
+
+def test_quickstart_script_runs(tmp_path, monkeypatch):
   import importlib.util
   path = README.parent / 'benchmarks' / 'quickstart.py'
   spec = importlib.util.spec_from_file_location('quickstart', path)
