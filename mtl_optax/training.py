@@ -598,15 +598,19 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
       if bar is not None:
         bar.update(1)
       done = step + 1
-      tick = time.perf_counter()
-      if done % eval_every == 0 or done == experiment.num_steps:
-        flush()
-        run_eval()
-      if manager is not None and (
+      evaluate_now = done % eval_every == 0 or done == experiment.num_steps
+      checkpoint_now = manager is not None and (
           (config.checkpoint_every_steps and
-           done % config.checkpoint_every_steps == 0) or done == last_step):
-        save_checkpoint(manager, state, stream.get_state())
-      timing['excluded'] += time.perf_counter() - tick
+           done % config.checkpoint_every_steps == 0) or done == last_step)
+      if evaluate_now or checkpoint_now:
+        jax.block_until_ready(state)   # the steps so far count as training
+        tick = time.perf_counter()
+        if evaluate_now:
+          flush()
+          run_eval()
+        if checkpoint_now:
+          save_checkpoint(manager, state, stream.get_state())
+        timing['excluded'] += time.perf_counter() - tick
     flush()
     jax.block_until_ready(state.step)
     seconds_per_step = math.nan
