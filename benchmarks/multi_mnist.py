@@ -107,7 +107,7 @@ def run_one(spec: str, *, data_dir: str, epochs: float, learning_rate: float,
 def markdown(results: list[dict], *, epochs: float, header: str) -> str:
   """The results table next to the paper's Table 2."""
   lines = [header, '',
-           f'Ours: {epochs:g} epochs (paper: 100), LeNet, batch 256, SGD '
+           f'Ours: {epochs:g} epoch(s) (paper: 100), LeNet, batch 256, SGD '
            'momentum 0.9. D = dominance rate of the per-task gradients the '
            'method receives (mean ± std, max, min over all steps).', '',
            '| method | level | left [%] | right [%] | D mean ± std | D max '
