@@ -12,6 +12,7 @@ so it chains in front of any Optax optimizer::
 
 from mtl_optax import diagnostics
 from mtl_optax import metrics
+from mtl_optax import sharding
 from mtl_optax import weightings
 from mtl_optax.aggregators import AggregatorState
 from mtl_optax.aggregators import aggregator_state
@@ -39,10 +40,16 @@ from mtl_optax.gramians import normalized_gramian
 from mtl_optax.gramians import num_tasks
 from mtl_optax.gramians import resolve_shared_mask
 from mtl_optax.gramians import weighted_sum
+from mtl_optax.jacobian import jacobian_free_grads
+from mtl_optax.jacobian import jacobian_free_gramian
+from mtl_optax.jacobian import JacobianFreeGrads
 from mtl_optax.jacobian import RepresentationGrads
 from mtl_optax.jacobian import representation_grads
 from mtl_optax.jacobian import stack_tasks
 from mtl_optax.jacobian import value_and_jacobian
+from mtl_optax.linesearch import backtracking_linesearch
+from mtl_optax.linesearch import fast_backtracking_linesearch
+from mtl_optax.linesearch import linesearch_state
 from mtl_optax.loss_weighting import dwa
 from mtl_optax.loss_weighting import famo
 from mtl_optax.loss_weighting import geometric_mean
@@ -58,6 +65,7 @@ __all__ = [
     'AggregatorState',
     'aligned_mtl',
     'available',
+    'backtracking_linesearch',
     'cagrad',
     'combine',
     'config',
@@ -67,6 +75,7 @@ __all__ = [
     'dwa',
     'ema_weighting',
     'fairgrad',
+    'fast_backtracking_linesearch',
     'famo',
     'geometric_mean',
     'get_aggregator',
@@ -76,7 +85,11 @@ __all__ = [
     'gramian',
     'gramian_direction',
     'imtl_g',
+    'jacobian_free_grads',
+    'jacobian_free_gramian',
+    'JacobianFreeGrads',
     'linear_scalarization',
+    'linesearch_state',
     'mamg',
     'metrics',
     'mgda',
@@ -88,6 +101,7 @@ __all__ = [
     'representation_grads',
     'RepresentationGrads',
     'resolve_shared_mask',
+    'sharding',
     'stack_tasks',
     'uncertainty_weighting',
     'upgrad',

@@ -160,10 +160,11 @@ def _build(
     ok = jnp.all(jnp.isfinite(proposal.coefficients)) & proposal.inputs_ok
     if gram_hat is not None:
       ok &= jnp.all(jnp.isfinite(gram_hat))
+    # zeros_like(g[0]): a task's slice keeps the leaf's sharding (under
+    # Explicit mesh axes both branches must have the same sharded type).
     direction = jax.lax.cond(
         ok, proposal.combine,
-        lambda: jax.tree.map(lambda g: jnp.zeros(g.shape[1:], g.dtype),
-                             grads))
+        lambda: jax.tree.map(lambda g: jnp.zeros_like(g[0]), grads))
 
     if track_diagnostics and gram_hat is not None:
       safe_gram = jnp.where(ok, gram_hat, jnp.eye(t, dtype=gram_hat.dtype))

@@ -8,6 +8,12 @@
   per-task gradients are taken with respect to ``z``, any aggregator turns them
   into one cotangent for ``z``, and ONE VJP through the encoder maps it to the
   encoder's parameters: the cost of an ordinary training step.
+- ``jacobian_free_gramian`` / ``jacobian_free_grads``: parameter level without
+  the ``[T, P]`` Jacobian. Column ``j`` of ``K = J Jᵀ`` is ``J (Jᵀ e_j)``, a
+  VJP followed by a JVP (forward-over-reverse) of the linearised loss
+  function, computed for ``chunk_size`` tasks at a time; the update is then
+  ONE VJP with the coefficients as cotangent. Memory is that of a training
+  step plus ``chunk_size`` gradients, whatever ``T``.
 """
 
 from __future__ import annotations
@@ -18,7 +24,63 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtl_optax import gramians as gram_lib
+from mtl_optax.aggregators import AggregatorState
+
 PyTree = Any
+
+
+def _cotangent(x: jax.Array, losses: jax.Array) -> jax.Array:
+  """``x`` (``[..., T]``) typed like ``losses`` so it can be their cotangent.
+
+  Inside ``jax.shard_map`` the losses of a batch shard vary across devices,
+  and a VJP wants a cotangent that varies the same way; adding zeros of the
+  losses' type gives ``x`` that type (and is a no-op elsewhere).
+  """
+  return x.astype(losses.dtype) + jnp.zeros_like(losses)
+
+
+def _explicitly_sharded(tree: PyTree) -> bool:
+  """Whether any array in ``tree`` is sharded over an ``Explicit`` mesh axis.
+
+  Args:
+    tree: any pytree (non-array leaves are ignored).
+
+  Returns:
+    True if some leaf's type carries a sharded dimension.
+  """
+  return any(gram_lib.explicit_sharding(x) is not None
+             for x in jax.tree.leaves(tree) if isinstance(x, jax.Array))
+
+
+def _map_rows(fn: Callable[[Any], Any], rows: jax.Array, sequential: bool
+              ) -> Any:
+  """``fn`` applied to each row of ``rows``, results stacked.
+
+  ``jax.vmap`` normally. With ``sequential`` (inputs sharded over
+  ``Explicit`` mesh axes) one call per row instead: the batching rules of
+  some primitives (convolutions) merge the mapped axis into a batch-sharded
+  one, a reshape that ``Explicit`` axes reject with a ``ShardingTypeError``.
+  The calls are a ``jax.lax.map`` on GPU/TPU and straight-line code on CPU,
+  where XLA runs convolutions in a loop body many times slower (measured
+  80× for a ResNet's VJPs). Under ``Auto`` axes the types carry no sharding
+  and ``vmap`` is kept.
+
+  Args:
+    fn: a function of one row (a VJP or JVP).
+    rows: ``[n, ...]`` array, or a pytree of such arrays.
+    sequential: one call per row rather than ``vmap``.
+
+  Returns:
+    ``fn``'s outputs with a leading axis of size ``n``.
+  """
+  if not sequential:
+    return jax.vmap(fn)(rows)
+  n = jax.tree.leaves(rows)[0].shape[0]
+  unrolled = lambda r: stack_tasks(
+      [fn(jax.tree.map(lambda x: x[i], r)) for i in range(n)])
+  return jax.lax.platform_dependent(
+      rows, cpu=unrolled, default=lambda r: jax.lax.map(fn, r))
 
 
 def _check_losses(losses) -> int:
@@ -77,7 +139,8 @@ def value_and_jacobian(
     else:
       losses, vjp_fn = jax.vjp(partial_fn, *primals)
     t = _check_losses(losses)
-    jac = jax.vmap(vjp_fn)(jnp.eye(t, dtype=losses.dtype))
+    jac = _map_rows(vjp_fn, _cotangent(jnp.eye(t), losses),
+                    _explicitly_sharded((args, kwargs)))
     jac = jac if multiple else jac[0]
     return ((losses, aux), jac) if has_aux else (losses, jac)
 
@@ -169,11 +232,12 @@ def representation_grads(
 
     # ∂L_t/∂z for every task: T VJPs through the heads (the heads' parameter
     # cotangents are unused here and removed by XLA).
-    z_jacobian = jax.vmap(lambda e: heads_vjp(e)[1])(
-        jnp.eye(t, dtype=losses.dtype))
+    z_jacobian = _map_rows(lambda e: heads_vjp(e)[1],
+                           _cotangent(jnp.eye(t), losses),
+                           _explicitly_sharded((z, head_params, batch)))
     w = jnp.ones((t,), losses.dtype) if preferences is None else jnp.asarray(
         preferences, losses.dtype)
-    head_grads, _ = heads_vjp(w)
+    head_grads, _ = heads_vjp(_cotangent(w, losses))
 
     extra = dict(extra)
     extra.setdefault('losses', losses)
@@ -194,12 +258,398 @@ def representation_grads(
   return step
 
 
+class _Problem(NamedTuple):
+  """``loss_fn`` at ``(params, *args)``, with the parameters as leaves."""
+  loss_fn: Callable[..., Any]
+  has_aux: bool
+  leaves: list
+  treedef: Any
+  flags: list          # which leaves are shared
+  args: tuple
+
+  def losses(self, leaves, args):
+    """``(losses, aux)`` at the given leaves and arguments."""
+    out = self.loss_fn(jax.tree.unflatten(self.treedef, list(leaves)), *args)
+    return out if self.has_aux else (out, None)
+
+  def shared_fn(self, args):
+    """The losses as a function of the shared leaves only."""
+    def fn(*shared):
+      it = iter(shared)
+      leaves = [next(it) if m else x for x, m in zip(self.leaves, self.flags)]
+      return self.losses(leaves, args)[0]
+    return fn
+
+  def shared(self):
+    return [x for x, m in zip(self.leaves, self.flags) if m]
+
+
+def _problem(loss_fn, params, args, has_aux, shared) -> _Problem:
+  leaves, treedef = jax.tree.flatten(params)
+  flags = jax.tree.leaves(gram_lib.resolve_shared_mask(shared, params))
+  return _Problem(loss_fn, has_aux, leaves, treedef, flags, tuple(args))
+
+
+def _after(token: jax.Array, tree: PyTree) -> PyTree:
+  """``tree`` made to depend on ``token``: the identity, unless ``token`` is
+  NaN (then NaN, which the step's finiteness checks catch anyway).
+
+  XLA shares identical computations (CSE) and schedules independent ones in
+  any order, so the phases of the Jacobian-free step (a chunk's VJP, its JVP,
+  the next chunk, the final VJP) would otherwise share their forward passes
+  and keep every intermediate alive from the first phase to the last. A
+  phase whose inputs depend on the previous phase's result recomputes its
+  own forward pass after that phase, and its intermediates die with it.
+  (XLA:CPU drops ``lax.optimization_barrier`` without ordering.)
+  """
+  bad = jnp.isnan(token)
+
+  def one(x):
+    if not jnp.issubdtype(jnp.result_type(x), jnp.inexact):
+      return x
+    return jnp.where(bad, jnp.asarray(jnp.nan, jnp.result_type(x)), x)
+
+  return jax.tree.map(one, tree)
+
+
+def _phase_inputs(problem: _Problem, token) -> tuple[list, tuple]:
+  """Leaves and arguments for a phase that runs after ``token`` exists: the
+  floating arguments (the batch) carry the dependency, or the parameters
+  when no argument is floating."""
+  if token is None:
+    return problem.leaves, problem.args
+  if any(jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+         for x in jax.tree.leaves(problem.args)):
+    return problem.leaves, _after(token, problem.args)
+  return _after(token, problem.leaves), problem.args
+
+
+def _chunk_columns(problem: _Problem, e: jax.Array, token, dtype
+                   ) -> jax.Array:
+  """Columns ``J_s J_sᵀ e_j`` for the rows ``e_j`` of ``e``: one forward
+  pass and ``len(e)`` VJPs for the gradients ``J_sᵀ e_j``, then one forward
+  pass and ``len(e)`` JVPs of those gradients."""
+  sequential = _explicitly_sharded((problem.leaves, problem.args))
+  leaves, args = _phase_inputs(problem, token)
+  shared = [x for x, m in zip(leaves, problem.flags) if m]
+  losses, vjp_fn = jax.vjp(problem.shared_fn(args), *shared)
+  grads = _map_rows(vjp_fn, _cotangent(e, losses), sequential)
+  leaves, args = _phase_inputs(
+      problem, None if token is None else jnp.sum(grads[0]))
+  shared = [x for x, m in zip(leaves, problem.flags) if m]
+  jvp = lambda g: jax.jvp(problem.shared_fn(args), shared, list(g))[1]
+  return _map_rows(jvp, grads, sequential).astype(dtype)
+
+
+def _jacobian_free_gram(problem: _Problem, losses: jax.Array,
+                        chunk_size: int | None) -> jax.Array:
+  """``K = J_s J_sᵀ`` over the shared leaves, ``chunk_size`` columns at a
+  time (all at once for None)."""
+  t = losses.shape[0]
+  dtype = gram_lib.accumulation_dtype(losses.dtype)
+  if not any(problem.flags):
+    return jnp.zeros((t, t), dtype)
+  eye = jnp.eye(t, dtype=losses.dtype)
+  looped = lambda e: jax.lax.map(
+      lambda x: _chunk_columns(problem, x[None], None, dtype)[0], e,
+      batch_size=chunk_size)
+  if chunk_size is None or chunk_size >= t:
+    out = _chunk_columns(problem, eye, jnp.sum(losses), dtype)
+  elif -(-t // chunk_size) > MAX_UNROLLED_CHUNKS:
+    out = looped(eye)
+  else:
+    out = jax.lax.platform_dependent(
+        eye,
+        cpu=lambda e: _unrolled_chunks(problem, e, losses, chunk_size, dtype),
+        default=looped)
+  return 0.5 * (out + out.T)
+
+
+# On CPU, up to this many chunks are unrolled (fast to run, see
+# ``_unrolled_chunks``); more are looped everywhere: the unrolled program's
+# compile time grows faster than linearly with the number of chunks (a
+# ResNet-18: 96 s for 2 chunks, 27 min for 10).
+MAX_UNROLLED_CHUNKS = 4
+
+
+def _unrolled_chunks(problem: _Problem, eye, losses, chunk_size: int,
+                     dtype) -> jax.Array:
+  """The chunks as straight-line code, each after the previous one.
+
+  XLA:CPU runs the convolutions of a backward pass placed inside a loop
+  body an order of magnitude slower than outside one (measured 10-25× for a
+  ResNet's input and kernel gradients), so on CPU the chunks are unrolled
+  (``lax.map`` elsewhere), chained through ``_after``.
+  """
+  outs, token = [], jnp.sum(losses)
+  for start in range(0, eye.shape[0], chunk_size):
+    outs.append(_chunk_columns(problem, eye[start:start + chunk_size], token,
+                               dtype))
+    token = jnp.sum(outs[-1])
+  return jnp.concatenate(outs)
+
+
+def _check_chunk_size(chunk_size) -> None:
+  if chunk_size is not None and (not isinstance(chunk_size, int) or
+                                 chunk_size < 1):
+    raise ValueError(
+        f'chunk_size must be a positive int or None, got {chunk_size!r}.')
+
+
+def jacobian_free_gramian(
+    loss_fn: Callable[..., Any],
+    *,
+    shared: gram_lib.SharedMask = None,
+    chunk_size: int | None = 1,
+    has_aux: bool = False,
+) -> Callable[..., tuple[Any, jax.Array]]:
+  """The task Gramian ``K = J Jᵀ`` without materialising the Jacobian ``J``.
+
+  One forward pass (``jax.linearize``), then for each chunk of tasks a VJP
+  (``J_sᵀ e_j``: ``chunk_size`` gradients of the shared leaves, alive only
+  within the chunk) and a JVP of those gradients (``J_s J_sᵀ e_j``, column
+  ``j`` of ``K``). Equals ``mtl.gramian(jac, shared)`` of the materialised
+  ``jac`` to float tolerance.
+
+  Cost: ``T`` VJPs and ``T`` JVPs (forward-mode passes) of the loss
+  function; memory: the residuals of one forward pass plus ``chunk_size``
+  gradients and tangents, independent of ``T``.
+
+  Args:
+    loss_fn: ``loss_fn(params, *args)`` returning the ``[T]`` task losses (and
+      an auxiliary value if ``has_aux``).
+    shared: which parameter leaves enter the Gramian (see
+      ``mtl.resolve_shared_mask``); default all.
+    chunk_size: tasks per chunk (``jax.lax.map``'s ``batch_size``); None does
+      all ``T`` at once (fastest, memory grows with ``T``). On CPU up to
+      ``MAX_UNROLLED_CHUNKS`` chunks are unrolled instead of looped (XLA:CPU
+      runs convolutions in a loop body slowly); more chunks are looped, so
+      that compile time stays bounded.
+    has_aux: whether ``loss_fn`` returns ``(losses, aux)``.
+
+  Returns:
+    ``fn(params, *args) -> (losses, K)``, or ``((losses, aux), K)``.
+
+  Example:
+    >>> import jax.numpy as jnp, mtl_optax as mtl
+    >>> def losses(p, x):
+    ...   return jnp.stack([jnp.sum(p['w'] * x), jnp.sum(p['w'])])
+    >>> from mtl_optax.jacobian import jacobian_free_gramian
+    >>> l, k = jacobian_free_gramian(losses)({'w': jnp.ones(2)},
+    ...                                      jnp.array([1., 0.]))
+    >>> k.tolist()
+    [[1.0, 1.0], [1.0, 2.0]]
+  """
+
+  _check_chunk_size(chunk_size)
+
+  def wrapped(params, *args):
+    problem = _problem(loss_fn, params, args, has_aux, shared)
+    losses, aux = problem.losses(problem.leaves, problem.args)
+    _check_losses(losses)
+    k = _jacobian_free_gram(problem, losses, chunk_size)
+    return ((losses, aux), k) if has_aux else (losses, k)
+
+  return wrapped
+
+
+class JacobianFreeGrads(NamedTuple):
+  """Result of one Jacobian-free step."""
+  losses: jax.Array       # [T]
+  grads: PyTree           # the parameters' structure: the aggregated update
+  aggregator_state: Any   # the aggregator's new state
+  aux: Any = None         # loss_fn's aux when has_aux
+
+
+def _closure_qualnames(fn, depth=3):
+  """Qualified names of the functions reachable through ``fn``'s closure."""
+  names, stack, seen = [], [(fn, 0)], set()
+  while stack:
+    f, d = stack.pop()
+    if id(f) in seen or d > depth:
+      continue
+    seen.add(id(f))
+    names.append(getattr(f, '__qualname__', ''))
+    for cell in getattr(f, '__closure__', None) or ():
+      try:
+        value = cell.cell_contents
+      except ValueError:
+        continue
+      if callable(value):
+        stack.append((value, d + 1))
+  return names
+
+
+def _check_coefficient_form(aggregator) -> None:
+  if any(n.startswith('graddrop.') for n in
+         _closure_qualnames(getattr(aggregator, 'update', None))):
+    raise ValueError(
+        'GradDrop works on each coordinate of the stacked gradients and has '
+        'no coefficient form, so it cannot run without the Jacobian: use '
+        'mtl.value_and_jacobian (the materialised path) for it.')
+
+
+def _surrogate(problem: _Problem, factor: jax.Array) -> PyTree:
+  """Stand-in stacked gradients with the parameters' structure: the first
+  shared leaf holds a ``[T, T]`` factor of K, the first task-specific leaf
+  the identity (which reads out the weights the aggregator gives those
+  leaves), every other leaf ``[T, 1]`` zeros."""
+  t = factor.shape[0]
+  out, placed = [], {True: False, False: False}
+  for m in problem.flags:
+    if not placed[m]:
+      out.append(factor if m else jnp.eye(t, dtype=factor.dtype))
+      placed[m] = True
+    else:
+      out.append(jnp.zeros((t, 1), factor.dtype))
+  return jax.tree.unflatten(problem.treedef, out)
+
+
+def _select_state(ok, new, old):
+  state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  if isinstance(state, AggregatorState):
+    state = state._replace(
+        num_skipped=old.num_skipped + (~ok).astype(old.num_skipped.dtype),
+        last_skipped=~ok)
+  return state
+
+
+def _all_finite(tree) -> jax.Array:
+  ok = jnp.ones((), bool)
+  for x in jax.tree.leaves(tree):
+    ok &= jnp.all(jnp.isfinite(x))
+  return ok
+
+
+def jacobian_free_grads(
+    loss_fn: Callable[..., Any],
+    aggregator: optax.GradientTransformationExtraArgs,
+    *,
+    shared: gram_lib.SharedMask = None,
+    chunk_size: int | None = 1,
+    has_aux: bool = False,
+) -> Callable[..., JacobianFreeGrads]:
+  """Any coefficient-form aggregator, without the ``[T, P]`` Jacobian.
+
+  The Gramian comes from ``jacobian_free_gramian``; the aggregator then runs
+  on a stand-in for the stacked gradients with the same Gramian (a ``[T, T]``
+  factor ``R = V Λ^½`` of ``K = V Λ Vᵀ``), which gives its coefficients ``c``
+  through its update ``c @ R`` (``c`` is recovered up to its null-space part,
+  which does not change ``c @ J``); the update is ONE VJP with cotangent
+  ``c``. Task-specific leaves get the weights the aggregator gives its own
+  task-specific leaves (the preferences, or ``c`` for loss-based methods and
+  RLW), also by one VJP. So every method whose update is ``Σ_t c_t g_t``
+  with ``c`` a function of the Gramian (and the losses) gives the
+  materialised path's update and state: all of them except GradDrop, which
+  raises.
+
+  The aggregator must be built with the same ``shared`` mask as given here
+  (a pytree mask or a predicate on key paths: it sees the stand-in, whose
+  leaves have the parameters' key paths but other shapes). Non-finite
+  losses, Gramian or gradients skip the step as in the materialised path:
+  zero update, state kept (``last_skipped``, ``num_skipped``).
+
+  Cost: ``T`` VJPs and ``T`` JVPs for the Gramian, one VJP for the update
+  (plus one through the task-specific part); no ``T``-fold copy of the
+  parameters. Memory: a training step plus ``chunk_size`` gradients.
+
+  Args:
+    loss_fn: ``loss_fn(params, *args)`` returning the ``[T]`` task losses (or
+      ``(losses, aux)`` if ``has_aux``).
+    aggregator: a mtl_optax aggregator (not GradDrop), built with
+      ``shared=`` as here; initialise its state with ``aggregator.init(None)``
+      or ``aggregator.init(params)``.
+    shared: which parameter leaves are shared (enter the Gramian).
+    chunk_size: tasks per chunk for the Gramian (None: all at once).
+    has_aux: whether ``loss_fn`` returns ``(losses, aux)``.
+
+  Returns:
+    ``step(params, aggregator_state, *args, **extra) -> JacobianFreeGrads``;
+    ``args`` go to ``loss_fn``, ``extra`` to the aggregator (which also
+    receives ``losses=``). ``grads`` has the parameters' structure: feed it
+    to any Optax optimizer.
+
+  Raises:
+    ValueError: for GradDrop.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, mtl_optax as mtl
+    >>> def losses(p, x):
+    ...   return jnp.stack([jnp.sum(p['w'] * x), 3 * jnp.sum(p['w'])])
+    >>> from mtl_optax.jacobian import jacobian_free_grads
+    >>> agg = mtl.aligned_mtl()
+    >>> step = jax.jit(jacobian_free_grads(losses, agg))
+    >>> out = step({'w': jnp.ones(2)}, agg.init(None), jnp.array([1., 0.]))
+    >>> out.grads['w'].shape
+    (2,)
+  """
+  _check_coefficient_form(aggregator)
+  _check_chunk_size(chunk_size)
+
+  def step(params, aggregator_state, *args, **extra):
+    problem = _problem(loss_fn, params, args, has_aux, shared)
+    losses, aux = problem.losses(problem.leaves, problem.args)
+    _check_losses(losses)
+    k = _jacobian_free_gram(problem, losses, chunk_size)
+    # K = V Λ Vᵀ and R = V Λ^½ has R Rᵀ = K; the aggregator's update on R
+    # is u = Rᵀ c, and c' = V Λ^-½ u equals c up to null(K), so c'ᵀ J = cᵀ J.
+    lam, vecs = jnp.linalg.eigh(jnp.where(jnp.isfinite(k), k, 0))
+    lam = jnp.where(jnp.all(jnp.isfinite(k)), lam, jnp.nan)
+    root = jnp.sqrt(jnp.maximum(lam, 0))
+    stand_in = _surrogate(problem, vecs * root)
+
+    extra = dict(extra)
+    extra.setdefault('losses', losses)
+    update, new_state = aggregator.update(stand_in, aggregator_state, None,
+                                          **extra)
+    flat = jax.tree.leaves(update)
+    slot = {m: next((u for u, f in zip(flat, problem.flags) if f == m), None)
+            for m in (True, False)}
+    ok = jnp.all(jnp.isfinite(lam))
+    token = jnp.sum(k)
+    cotangents = {}
+    if slot[True] is not None:
+      u = slot[True].astype(root.dtype)
+      inv = jnp.where(root > 0, 1 / jnp.where(root > 0, root, 1), 0)
+      cotangents[True] = vecs @ (u * inv)
+    if slot[False] is not None:
+      cotangents[False] = slot[False]
+    for c in cotangents.values():
+      ok &= jnp.all(jnp.isfinite(c))
+      token = token + jnp.sum(c)
+
+    # The update: one VJP with the coefficients as cotangent (and, for the
+    # task-specific leaves, one with their weights), after the Gramian.
+    leaves, final_args = _phase_inputs(problem, token)
+    _, vjp_fn = jax.vjp(lambda *xs: problem.losses(xs, final_args)[0],
+                        *leaves)
+    grads = [None] * len(leaves)
+    for m, c in cotangents.items():
+      for i, g in enumerate(vjp_fn(_cotangent(c, losses))):
+        if problem.flags[i] == m:
+          grads[i] = g
+    if isinstance(new_state, AggregatorState):
+      ok &= ~new_state.last_skipped
+    ok &= _all_finite(grads)
+    grads = [jnp.where(ok, g, jnp.zeros_like(g)) for g in grads]
+    return JacobianFreeGrads(
+        losses=losses,
+        grads=jax.tree.unflatten(problem.treedef, grads),
+        aggregator_state=_select_state(ok, new_state, aggregator_state),
+        aux=aux)
+
+  return step
+
+
 def stack_tasks(per_task: Sequence[PyTree]) -> PyTree:
   """Stacks T per-task gradient pytrees along a new leading axis."""
   return jax.tree.map(lambda *xs: jnp.stack(xs), *per_task)
 
 
 __all__ = [
+    'jacobian_free_grads',
+    'jacobian_free_gramian',
+    'JacobianFreeGrads',
     'RepresentationGrads',
     'representation_grads',
     'stack_tasks',
