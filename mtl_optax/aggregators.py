@@ -129,7 +129,7 @@ def _build(
   keys) stays as it was, so one bad batch cannot poison later steps.
   """
   if preferences is not None:
-    t_pref = int(jnp.shape(preferences)[0])
+    t_pref = int(jnp.asarray(preferences).shape[0])
     if num_tasks is not None and num_tasks != t_pref:
       raise ValueError(
           f'num_tasks={num_tasks} but preferences has {t_pref} entries.')
