@@ -24,7 +24,7 @@ import importlib
 
 _SUBMODULES = ('builder_base', 'celeb_a', 'cifar100_mt', 'cityscapes',
                'datasets', 'image_ops', 'loader', 'multi_mnist', 'nyuv2',
-               'prepare', 'seven_scenes', 'synthetic')
+               'prepare', 'seven_scenes', 'synthetic', 'task_names')
 _ATTRIBUTES = {
     'DATASETS': 'datasets',
     'DatasetSpec': 'datasets',

@@ -40,16 +40,9 @@ import tensorflow_datasets as tfds
 
 from mtl_optax.data import builder_base
 from mtl_optax.data import image_ops
+from mtl_optax.data import task_names
 
-TASKS = (
-    'aquatic_mammals', 'fish', 'flowers', 'food_containers',
-    'fruit_and_vegetables', 'household_electrical_devices',
-    'household_furniture', 'insects', 'large_carnivores',
-    'large_man-made_outdoor_things', 'large_natural_outdoor_scenes',
-    'large_omnivores_and_herbivores', 'medium_mammals',
-    'non-insect_invertebrates', 'people', 'reptiles', 'small_mammals',
-    'trees', 'vehicles_1', 'vehicles_2',
-)
+TASKS = task_names.CIFAR100_COARSE_CLASSES
 NUM_CLASSES_PER_TASK = 5
 IGNORE = -1
 CIFAR100_FILE = 'cifar-100-binary.tar.gz'

@@ -29,6 +29,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from flax import nnx
 
+from mtl_optax.data.task_names import CELEBA_ATTRIBUTES
+from mtl_optax.data.task_names import CIFAR100_COARSE_CLASSES
 from mtl_optax.models import base
 from mtl_optax.models import heads as heads_lib
 from mtl_optax.models import layers
@@ -37,26 +39,6 @@ from mtl_optax.models import losses
 from mtl_optax.models import mtan
 from mtl_optax.models import resnet as resnet_lib
 from mtl_optax.models import vgg
-
-CELEBA_ATTRIBUTES = (
-    '5_o_Clock_Shadow', 'Arched_Eyebrows', 'Attractive', 'Bags_Under_Eyes',
-    'Bald', 'Bangs', 'Big_Lips', 'Big_Nose', 'Black_Hair', 'Blond_Hair',
-    'Blurry', 'Brown_Hair', 'Bushy_Eyebrows', 'Chubby', 'Double_Chin',
-    'Eyeglasses', 'Goatee', 'Gray_Hair', 'Heavy_Makeup', 'High_Cheekbones',
-    'Male', 'Mouth_Slightly_Open', 'Mustache', 'Narrow_Eyes', 'No_Beard',
-    'Oval_Face', 'Pale_Skin', 'Pointy_Nose', 'Receding_Hairline',
-    'Rosy_Cheeks', 'Sideburns', 'Smiling', 'Straight_Hair', 'Wavy_Hair',
-    'Wearing_Earrings', 'Wearing_Hat', 'Wearing_Lipstick', 'Wearing_Necklace',
-    'Wearing_Necktie', 'Young')
-
-CIFAR100_COARSE_CLASSES = (
-    'aquatic_mammals', 'fish', 'flowers', 'food_containers',
-    'fruit_and_vegetables', 'household_electrical_devices',
-    'household_furniture', 'insects', 'large_carnivores',
-    'large_man-made_outdoor_things', 'large_natural_outdoor_scenes',
-    'large_omnivores_and_herbivores', 'medium_mammals',
-    'non-insect_invertebrates', 'people', 'reptiles', 'small_mammals', 'trees',
-    'vehicles_1', 'vehicles_2')
 
 MULTI_MNIST_TASKS = ('left', 'right')
 SEVEN_SCENES_TASKS = ('translation', 'orientation')
