@@ -26,6 +26,7 @@ import optax
 
 from mtl_optax import gramians as gram_lib
 from mtl_optax.aggregators import AggregatorState
+from mtl_optax.aggregators import leaves_finite
 
 PyTree = Any
 
@@ -83,12 +84,22 @@ def _map_rows(fn: Callable[[Any], Any], rows: jax.Array, sequential: bool
       rows, cpu=unrolled, default=lambda r: jax.lax.map(fn, r))
 
 
-def _check_losses(losses) -> int:
+def check_task_losses(losses, what: str = 'The loss function') -> int:
+  """``T`` of a ``[T]`` loss vector; a ValueError naming ``what`` else."""
   if jnp.ndim(losses) != 1:
     raise ValueError(
-        'The loss function must return a vector of task losses of shape [T]; '
+        f'{what} must return a vector of task losses of shape [T]; '
         f'got shape {jnp.shape(losses)}.')
   return losses.shape[0]
+
+
+def vjp_with_aux(fn: Callable[..., Any], *primals, has_aux: bool):
+  """``jax.vjp`` that always returns ``(out, vjp_fn, aux)``; aux is None
+  when ``has_aux`` is False."""
+  if has_aux:
+    return jax.vjp(fn, *primals, has_aux=True)
+  out, vjp_fn = jax.vjp(fn, *primals)
+  return out, vjp_fn, None
 
 
 def value_and_jacobian(
@@ -134,11 +145,8 @@ def value_and_jacobian(
       return loss_fn(*full, **kwargs)
 
     primals = tuple(args[n] for n in nums)
-    if has_aux:
-      losses, vjp_fn, aux = jax.vjp(partial_fn, *primals, has_aux=True)
-    else:
-      losses, vjp_fn = jax.vjp(partial_fn, *primals)
-    t = _check_losses(losses)
+    losses, vjp_fn, aux = vjp_with_aux(partial_fn, *primals, has_aux=has_aux)
+    t = check_task_losses(losses)
     jac = _map_rows(vjp_fn, _cotangent(jnp.eye(t), losses),
                     _explicitly_sharded((args, kwargs)))
     jac = jac if multiple else jac[0]
@@ -215,20 +223,12 @@ def representation_grads(
 
   def step(encoder_params, head_params, aggregator_state, inputs, batch,
            **extra):
-    encoded = jax.vjp(lambda p: encode(p, inputs), encoder_params,
-                      has_aux=encoder_has_aux)
-    if encoder_has_aux:
-      z, encoder_vjp, encoder_aux = encoded
-    else:
-      (z, encoder_vjp), encoder_aux = encoded, None
-
+    z, encoder_vjp, encoder_aux = vjp_with_aux(
+        lambda p: encode(p, inputs), encoder_params, has_aux=encoder_has_aux)
     heads_fn = lambda h, zz: heads_losses(h, zz, batch)
-    vjp_out = jax.vjp(heads_fn, head_params, z, has_aux=heads_has_aux)
-    if heads_has_aux:
-      losses, heads_vjp, heads_aux = vjp_out
-    else:
-      (losses, heads_vjp), heads_aux = vjp_out, None
-    t = _check_losses(losses)
+    losses, heads_vjp, heads_aux = vjp_with_aux(
+        heads_fn, head_params, z, has_aux=heads_has_aux)
+    t = check_task_losses(losses)
 
     # ∂L_t/∂z for every task: T VJPs through the heads (the heads' parameter
     # cotangents are unused here and removed by XLA).
@@ -446,7 +446,7 @@ def jacobian_free_gramian(
   def wrapped(params, *args):
     problem = _problem(loss_fn, params, args, has_aux, shared)
     losses, aux = problem.losses(problem.leaves, problem.args)
-    _check_losses(losses)
+    check_task_losses(losses)
     k = _jacobian_free_gram(problem, losses, chunk_size)
     return ((losses, aux), k) if has_aux else (losses, k)
 
@@ -512,13 +512,6 @@ def _select_state(ok, new, old):
         num_skipped=old.num_skipped + (~ok).astype(old.num_skipped.dtype),
         last_skipped=~ok)
   return state
-
-
-def _all_finite(tree) -> jax.Array:
-  ok = jnp.ones((), bool)
-  for x in jax.tree.leaves(tree):
-    ok &= jnp.all(jnp.isfinite(x))
-  return ok
 
 
 def jacobian_free_grads(
@@ -589,7 +582,7 @@ def jacobian_free_grads(
   def step(params, aggregator_state, *args, **extra):
     problem = _problem(loss_fn, params, args, has_aux, shared)
     losses, aux = problem.losses(problem.leaves, problem.args)
-    _check_losses(losses)
+    check_task_losses(losses)
     k = _jacobian_free_gram(problem, losses, chunk_size)
     # K = V Λ Vᵀ and R = V Λ^½ has R Rᵀ = K; the aggregator's update on R
     # is u = Rᵀ c, and c' = V Λ^-½ u equals c up to null(K), so c'ᵀ J = cᵀ J.
@@ -630,7 +623,7 @@ def jacobian_free_grads(
           grads[i] = g
     if isinstance(new_state, AggregatorState):
       ok &= ~new_state.last_skipped
-    ok &= _all_finite(grads)
+    ok &= leaves_finite(grads)
     grads = [jnp.where(ok, g, jnp.zeros_like(g)) for g in grads]
     return JacobianFreeGrads(
         losses=losses,

@@ -64,6 +64,9 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mtl_optax.aggregators import leaves_finite
+from mtl_optax.jacobian import check_task_losses
+from mtl_optax.jacobian import vjp_with_aux
 from mtl_optax.weightings.linear import preference_vector
 
 PyTree = Any
@@ -166,21 +169,6 @@ def _vdot(a: PyTree, b: PyTree) -> jax.Array:
     acc = jnp.promote_types(jnp.promote_types(x.dtype, y.dtype), jnp.float32)
     total = total + jnp.vdot(x.astype(acc).ravel(), y.astype(acc).ravel()).real
   return total
-
-
-def _num_tasks(losses) -> int:
-  if jnp.ndim(losses) != 1:
-    raise ValueError(
-        'heads_losses must return a vector of task losses of shape [T]; '
-        f'got shape {jnp.shape(losses)}.')
-  return losses.shape[0]
-
-
-def _all_finite(tree: PyTree) -> jax.Array:
-  ok = jnp.ones((), bool)
-  for x in jax.tree.leaves(tree):
-    ok &= jnp.all(jnp.isfinite(x))
-  return ok
 
 
 def _search(trial_value: Callable[[jax.Array], jax.Array], value: jax.Array,
@@ -434,7 +422,7 @@ def backtracking_linesearch(
 
     step, new_state = _search(
         trial_value, _objective(value, preferences), s,
-        _all_finite(updates), state, **config)
+        leaves_finite(updates), state, **config)
     return _scaled_step(step, updates), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -665,19 +653,13 @@ def fast_backtracking_linesearch(
       transpose = jax.linear_transpose(encoder_jvp, encoder_params)
       encoder_vjp = lambda ct: transpose(ct)
     else:
-      out = jax.vjp(enc_fn, encoder_params, has_aux=encoder_has_aux)
-      if encoder_has_aux:
-        z, encoder_vjp, encoder_aux = out
-      else:
-        (z, encoder_vjp), encoder_aux = out, None
+      z, encoder_vjp, encoder_aux = vjp_with_aux(
+          enc_fn, encoder_params, has_aux=encoder_has_aux)
 
     heads_fn = lambda h, zz: heads_losses(h, zz, batch)
-    out = jax.vjp(heads_fn, head_params, z, has_aux=heads_has_aux)
-    if heads_has_aux:
-      losses, heads_vjp, heads_aux = out
-    else:
-      (losses, heads_vjp), heads_aux = out, None
-    t = _num_tasks(losses)
+    losses, heads_vjp, heads_aux = vjp_with_aux(
+        heads_fn, head_params, z, has_aux=heads_has_aux)
+    t = check_task_losses(losses, 'heads_losses')
     w = preference_vector(preferences, t, losses.dtype)
 
     z_jacobian = jax.vmap(lambda e: heads_vjp(e)[1])(
@@ -708,7 +690,7 @@ def fast_backtracking_linesearch(
       z_dir = d_z
 
     s = _vdot(z_dir, z_grad) + _vdot(head_dir, head_grads)
-    direction_ok = _all_finite((encoder_dir, head_dir, z_dir))
+    direction_ok = leaves_finite((encoder_dir, head_dir, z_dir))
 
     def trial_value(eta):
       trial = heads_fn(_move(head_params, eta, head_dir),
