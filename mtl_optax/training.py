@@ -42,6 +42,7 @@ from flax import nnx
 from mtl_optax import aggregators as aggregators_lib
 from mtl_optax import metrics as metrics_lib
 from mtl_optax import registry
+from mtl_optax.data.task_names import SEGMENTATION_CLASSES
 from mtl_optax.jacobian import value_and_jacobian
 
 PyTree = Any
@@ -193,20 +194,11 @@ def make_optimizer(config: Config, schedule: optax.Schedule
                    "'adamw' or 'sgd'.")
 
 
-def _classification(task):
-  return EvalMetric(metrics_lib.classification(),
-                    lambda out, batch: (out[task], batch[task], None))
-
-
-def _segmentation(num_classes):
-  return EvalMetric(
-      metrics_lib.segmentation(num_classes),
-      lambda out, batch: (out['segmentation'], batch['segmentation'], None))
-
-
-def _depth():
-  return EvalMetric(metrics_lib.depth(),
-                    lambda out, batch: (out['depth'], batch['depth'], None))
+def _on_task(task: str, metric: metrics_lib.Metric,
+             mask: Callable[[Batch], Any] | None = None) -> EvalMetric:
+  """``metric`` on the task's output and target (and optional mask)."""
+  return EvalMetric(metric, lambda out, batch: (
+      out[task], batch[task], None if mask is None else mask(batch)))
 
 
 def default_eval_metrics(dataset: str, tasks: tuple[str, ...], *,
@@ -233,24 +225,17 @@ def default_eval_metrics(dataset: str, tasks: tuple[str, ...], *,
                             (batch['translation'], batch['orientation']),
                             None))}
   dense = {
-      'depth': _depth,
-      'normals': lambda: EvalMetric(
-          metrics_lib.normals(),
-          lambda out, batch: (out['normals'], batch['normals'], None)),
-      'instance': lambda: EvalMetric(
-          metrics_lib.regression(),
-          lambda out, batch: (out['instance'], batch['instance'],
-                              batch['instance_mask'][..., None] > 0)),
+      'segmentation': lambda: metrics_lib.segmentation(
+          SEGMENTATION_CLASSES[dataset]),
+      'depth': metrics_lib.depth,
+      'normals': metrics_lib.normals,
+      'instance': metrics_lib.regression,
   }
-  seg_classes = {'cityscapes': 19, 'cityscapes_mtan': 7, 'nyuv2': 13}
+  masks = {'instance': lambda batch: batch['instance_mask'][..., None] > 0}
   result = {}
   for task in tasks:
-    if task == 'segmentation':
-      result[task] = _segmentation(seg_classes[dataset])
-    elif task in dense:
-      result[task] = dense[task]()
-    else:
-      result[task] = _classification(task)
+    metric = dense.get(task, metrics_lib.classification)()
+    result[task] = _on_task(task, metric, masks.get(task))
   return result
 
 

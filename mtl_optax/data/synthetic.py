@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mtl_optax.data import datasets
+from mtl_optax.data.task_names import SEGMENTATION_CLASSES
 
 IMAGE_SHAPES = {
     'multi_mnist': (28, 28, 1),
@@ -21,7 +22,6 @@ IMAGE_SHAPES = {
     'nyuv2': (288, 384, 3),
     'seven_scenes': (224, 224, 3),
 }
-SEGMENTATION_CLASSES = {'cityscapes': 19, 'cityscapes_mtan': 7, 'nyuv2': 13}
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

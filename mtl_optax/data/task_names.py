@@ -1,5 +1,5 @@
-"""Task names of the datasets with many tasks (no heavy imports: the model
-zoo and the data builders both use them)."""
+"""Task names and label spaces shared by the model zoo, the data builders and
+the training loop (no heavy imports)."""
 
 # CelebA's 40 binary attributes, in tfds' order.
 CELEBA_ATTRIBUTES = (
@@ -23,3 +23,6 @@ CIFAR100_COARSE_CLASSES = (
     'large_omnivores_and_herbivores', 'medium_mammals',
     'non-insect_invertebrates', 'people', 'reptiles', 'small_mammals', 'trees',
     'vehicles_1', 'vehicles_2')
+
+# Segmentation classes of the dense-prediction datasets.
+SEGMENTATION_CLASSES = {'cityscapes': 19, 'cityscapes_mtan': 7, 'nyuv2': 13}
