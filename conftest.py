@@ -12,3 +12,11 @@ import os
 os.environ.setdefault(
     'XLA_FLAGS',
     '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
+
+
+def pytest_report_header(config):
+  """Says which pass this is: CI runs the core numerics a second time with
+  ``JAX_ENABLE_X64=1`` (see ``.ci/run``), where float64 is JAX's default."""
+  del config
+  import jax  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
+  return f'jax_enable_x64: {bool(jax.config.jax_enable_x64)}'

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -341,10 +342,41 @@ def _chunk_columns(problem: _Problem, e: jax.Array, token, dtype
   return _map_rows(jvp, grads, sequential).astype(dtype)
 
 
+def _matmul_precision(precision: str | None):
+  """A context tracing matmuls at ``precision`` (JAX's
+  ``default_matmul_precision``); None keeps the ambient setting."""
+  if precision is None:
+    return contextlib.nullcontext()
+  return jax.default_matmul_precision(precision)
+
+
+def _check_precision(precision) -> None:
+  """Raises a ValueError now for a ``precision`` JAX would reject later."""
+  if precision is None:
+    return
+  try:
+    with _matmul_precision(precision):
+      pass
+  except (TypeError, ValueError) as e:
+    raise ValueError(
+        f'precision must be None or a value of jax.default_matmul_precision '
+        f"('highest', 'float32', 'tensorfloat32', 'bfloat16', ...), got "
+        f'{precision!r}. ({e})') from None
+
+
 def _jacobian_free_gram(problem: _Problem, losses: jax.Array,
-                        chunk_size: int | None) -> jax.Array:
+                        chunk_size: int | None, precision: str | None
+                        ) -> jax.Array:
   """``K = J_s J_sᵀ`` over the shared leaves, ``chunk_size`` columns at a
-  time (all at once for None)."""
+  time (all at once for None), with the VJPs and JVPs of the loss function
+  traced at matmul ``precision``."""
+  with _matmul_precision(precision):
+    return _jacobian_free_gram_columns(problem, losses, chunk_size)
+
+
+def _jacobian_free_gram_columns(problem: _Problem, losses: jax.Array,
+                                chunk_size: int | None) -> jax.Array:
+  """``_jacobian_free_gram`` at the ambient matmul precision."""
   t = losses.shape[0]
   dtype = gram_lib.accumulation_dtype(losses.dtype)
   if not any(problem.flags):
@@ -402,6 +434,7 @@ def jacobian_free_gramian(
     shared: gram_lib.SharedMask = None,
     chunk_size: int | None = 1,
     has_aux: bool = False,
+    precision: str | None = 'highest',
 ) -> Callable[..., tuple[Any, jax.Array]]:
   """The task Gramian ``K = J Jᵀ`` without materialising the Jacobian ``J``.
 
@@ -415,6 +448,13 @@ def jacobian_free_gramian(
   function; memory: the residuals of one forward pass plus ``chunk_size``
   gradients and tangents, independent of ``T``.
 
+  Precision: the JVPs are the Gramian's inner products, so by default these
+  passes (and the VJPs before them) trace the loss function's matmuls at
+  ``'highest'`` precision, as ``mtl.gramian`` contracts the materialised
+  Jacobian: full float32 on GPUs (no TF32) and TPUs (no single bf16 pass),
+  where the default would leave ``K`` ~1e-3 accurate. It costs the speed of
+  float32 matmuls in these passes; ``precision=None`` keeps the model's own.
+
   Args:
     loss_fn: ``loss_fn(params, *args)`` returning the ``[T]`` task losses (and
       an auxiliary value if ``has_aux``).
@@ -426,6 +466,9 @@ def jacobian_free_gramian(
       runs convolutions in a loop body slowly); more chunks are looped, so
       that compile time stays bounded.
     has_aux: whether ``loss_fn`` returns ``(losses, aux)``.
+    precision: matmul precision of the Gramian's passes, any value of
+      ``jax.default_matmul_precision`` (``'highest'``, ``'tensorfloat32'``,
+      ``'bfloat16'``, ...), or None for the ambient default.
 
   Returns:
     ``fn(params, *args) -> (losses, K)``, or ``((losses, aux), K)``.
@@ -442,12 +485,13 @@ def jacobian_free_gramian(
   """
 
   _check_chunk_size(chunk_size)
+  _check_precision(precision)
 
   def wrapped(params, *args):
     problem = _problem(loss_fn, params, args, has_aux, shared)
     losses, aux = problem.losses(problem.leaves, problem.args)
     check_task_losses(losses)
-    k = _jacobian_free_gram(problem, losses, chunk_size)
+    k = _jacobian_free_gram(problem, losses, chunk_size, precision)
     return ((losses, aux), k) if has_aux else (losses, k)
 
   return wrapped
@@ -521,6 +565,7 @@ def jacobian_free_grads(
     shared: gram_lib.SharedMask = None,
     chunk_size: int | None = 1,
     has_aux: bool = False,
+    precision: str | None = 'highest',
 ) -> Callable[..., JacobianFreeGrads]:
   """Any coefficient-form aggregator, without the ``[T, P]`` Jacobian.
 
@@ -555,6 +600,9 @@ def jacobian_free_grads(
     shared: which parameter leaves are shared (enter the Gramian).
     chunk_size: tasks per chunk for the Gramian (None: all at once).
     has_aux: whether ``loss_fn`` returns ``(losses, aux)``.
+    precision: matmul precision of the Gramian's passes (see
+      ``jacobian_free_gramian``); the update's VJP, an ordinary backward
+      pass, keeps the model's own.
 
   Returns:
     ``step(params, aggregator_state, *args, **extra) -> JacobianFreeGrads``;
@@ -578,12 +626,13 @@ def jacobian_free_grads(
   """
   _check_coefficient_form(aggregator)
   _check_chunk_size(chunk_size)
+  _check_precision(precision)
 
   def step(params, aggregator_state, *args, **extra):
     problem = _problem(loss_fn, params, args, has_aux, shared)
     losses, aux = problem.losses(problem.leaves, problem.args)
     check_task_losses(losses)
-    k = _jacobian_free_gram(problem, losses, chunk_size)
+    k = _jacobian_free_gram(problem, losses, chunk_size, precision)
     # K = V Λ Vᵀ and R = V Λ^½ has R Rᵀ = K; the aggregator's update on R
     # is u = Rᵀ c, and c' = V Λ^-½ u equals c up to null(K), so c'ᵀ J = cᵀ J.
     lam, vecs = jnp.linalg.eigh(jnp.where(jnp.isfinite(k), k, 0))
@@ -604,7 +653,8 @@ def jacobian_free_grads(
     if slot[True] is not None:
       u = slot[True].astype(root.dtype)
       inv = jnp.where(root > 0, 1 / jnp.where(root > 0, root, 1), 0)
-      cotangents[True] = vecs @ (u * inv)
+      cotangents[True] = jnp.matmul(vecs, u * inv,
+                                    precision=gram_lib.PRECISION)
     if slot[False] is not None:
       cotangents[False] = slot[False]
     for c in cotangents.values():

@@ -64,6 +64,8 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mtl_optax import gramians as gram_lib
+from mtl_optax import _checks
 from mtl_optax.aggregators import leaves_finite
 from mtl_optax.jacobian import check_task_losses
 from mtl_optax.jacobian import vjp_with_aux
@@ -121,34 +123,51 @@ class BacktrackingLinesearchState(NamedTuple):
 # The search itself, shared by both variants.
 
 
-def _validate(lr_ub, decrease_factor, slope_rtol, max_steps, on_failure,
-              lr_ub_patience, lr_ub_min):
-  if not lr_ub > 0:
-    raise ValueError(f'lr_ub must be positive, got {lr_ub}.')
-  if not 0 < decrease_factor < 1:
-    raise ValueError(
-        f'decrease_factor must be in (0, 1), got {decrease_factor}.')
-  if not 0 <= slope_rtol < 1:
-    raise ValueError(f'slope_rtol must be in [0, 1), got {slope_rtol}.')
-  if int(max_steps) != max_steps or max_steps < 1:
-    raise ValueError(f'max_steps must be an integer >= 1, got {max_steps}.')
-  if on_failure not in _FAILURES:
-    raise ValueError(f'on_failure must be one of {_FAILURES}, got '
-                     f'{on_failure!r}.')
-  if lr_ub_patience is not None and (int(lr_ub_patience) != lr_ub_patience
-                                     or lr_ub_patience < 1):
-    raise ValueError(
-        f'lr_ub_patience must be None or an integer >= 1, got '
-        f'{lr_ub_patience}.')
-  if not 0 <= lr_ub_min <= lr_ub:
-    raise ValueError(f'lr_ub_min must be in [0, lr_ub], got {lr_ub_min}.')
+def _validate(method, lr_ub, decrease_factor, slope_rtol, max_steps,
+              on_failure, lr_ub_patience, lr_ub_min, preferences):
+  """Checks the arguments both searches share (``method`` names the caller
+  in the messages)."""
+  _checks.check_positive('lr_ub', lr_ub, method=method,
+                         hint='the largest step tried, e.g. 1.0')
+  _checks.check_in_range(
+      'decrease_factor', decrease_factor, 0, 1, method=method, low_open=True,
+      high_open=True, hint='the backtracking factor γ, e.g. 0.5')
+  _checks.check_in_range(
+      'slope_rtol', slope_rtol, 0, 1, method=method, high_open=True,
+      hint='the Armijo constant c, e.g. 1e-4')
+  _checks.check_int_at_least('max_steps', max_steps, 1, method=method,
+                             hint='trials per step at most, e.g. 20')
+  _checks.check_one_of(
+      'on_failure', on_failure, _FAILURES, method=method,
+      hint="the step when no trial passes: 'zero' or the smallest tried")
+  _checks.check_int_at_least(
+      'lr_ub_patience', lr_ub_patience, 1, method=method, allow_none=True,
+      hint='lower lr_ub after this many steps whose first trial failed; '
+      'None keeps it fixed')
+  _checks.check_in_range(
+      'lr_ub_min', lr_ub_min, 0,
+      None if isinstance(lr_ub, jax.core.Tracer) else float(lr_ub),
+      method=method,
+      hint='the floor of lr_ub under lr_ub_patience, between 0 and lr_ub')
+  # Any sign, as linear scalarization's weights (f = Σ_t w_t L_t).
+  _checks.check_preferences('preferences', preferences, method=method,
+                            non_negative=False)
 
 
-def _init_state(lr_ub) -> BacktrackingLinesearchState:
-  f32, i32 = jnp.float32, jnp.int32
+def _state_dtype(params: PyTree) -> jnp.dtype:
+  """Float dtype of the search's state: float32, or float64 when a
+  parameter is float64 (so that float64 losses are compared in float64)."""
+  dtypes = [gram_lib.accumulation_dtype(jnp.result_type(x))
+            for x in jax.tree.leaves(params)
+            if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
+  return jnp.result_type(jnp.float32, *dtypes)
+
+
+def _init_state(lr_ub, dtype=jnp.float32) -> BacktrackingLinesearchState:
+  i32 = jnp.int32
   return BacktrackingLinesearchState(
-      learning_rate=jnp.zeros((), f32),
-      lr_ub=jnp.asarray(lr_ub, f32),
+      learning_rate=jnp.zeros((), dtype),
+      lr_ub=jnp.asarray(lr_ub, dtype),
       fail_streak=jnp.zeros((), i32),
       total_trials=jnp.zeros((), i32),
       count=jnp.zeros((), i32),
@@ -156,18 +175,21 @@ def _init_state(lr_ub) -> BacktrackingLinesearchState:
           num_trials=jnp.zeros((), i32),
           accepted=jnp.zeros((), bool),
           descent=jnp.zeros((), bool),
-          slope=jnp.zeros((), f32),
-          value=jnp.full((), jnp.inf, f32),
+          slope=jnp.zeros((), dtype),
+          value=jnp.full((), jnp.inf, dtype),
       ),
   )
 
 
 def _vdot(a: PyTree, b: PyTree) -> jax.Array:
-  """``<a, b>`` over all leaves, accumulated in float32 or wider."""
+  """``<a, b>`` over all leaves (``a`` conjugated), accumulated in float32
+  or wider at full precision (the slope decides whether a step is tried)."""
   total = jnp.zeros((), jnp.float32)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     acc = jnp.promote_types(jnp.promote_types(x.dtype, y.dtype), jnp.float32)
-    total = total + jnp.vdot(x.astype(acc).ravel(), y.astype(acc).ravel()).real
+    dot = jnp.dot(jnp.conj(x.astype(acc).ravel()), y.astype(acc).ravel(),
+                  precision=gram_lib.PRECISION)
+    total = total + jnp.real(dot)
   return total
 
 
@@ -177,12 +199,19 @@ def _search(trial_value: Callable[[jax.Array], jax.Array], value: jax.Array,
             slope_rtol: float, max_steps: int, on_failure: str,
             lr_ub_patience: int | None, lr_ub_min: float,
             ) -> tuple[jax.Array, BacktrackingLinesearchState]:
-  """Tries ``η = lr_ub γ^k`` until Armijo holds; returns the step and state."""
-  value = jnp.asarray(value, jnp.float32)
-  slope = jnp.asarray(slope, jnp.float32)
+  """Tries ``η = lr_ub γ^k`` until Armijo holds; returns the step and state.
+
+  The test runs in the widest of the state's, the value's and the slope's
+  float dtypes (float32 at least); the state keeps its own dtypes.
+  """
+  value, slope = jnp.asarray(value), jnp.asarray(slope)
+  dtype = jnp.result_type(state.lr_ub.dtype,
+                          gram_lib.accumulation_dtype(value.dtype),
+                          gram_lib.accumulation_dtype(slope.dtype))
+  value, slope = value.astype(dtype), slope.astype(dtype)
   descent = (jnp.isfinite(value) & jnp.isfinite(slope) & (slope > 0)
              & direction_ok)
-  gamma = jnp.float32(decrease_factor)
+  gamma = jnp.asarray(decrease_factor, dtype)
 
   def cond(carry):
     k, _, accepted, _, _ = carry
@@ -190,16 +219,16 @@ def _search(trial_value: Callable[[jax.Array], jax.Array], value: jax.Array,
 
   def body(carry):
     k, eta, _, _, _ = carry
-    new_value = jnp.asarray(trial_value(eta), jnp.float32)
+    new_value = jnp.asarray(trial_value(eta)).astype(dtype)
     ok = jnp.isfinite(new_value) & (
         new_value <= value - slope_rtol * eta * slope)
     return k + 1, jnp.where(ok, eta, eta * gamma), ok, new_value, eta
 
-  lr_ub = state.lr_ub
+  lr_ub = state.lr_ub.astype(dtype)
   num_trials, eta, accepted, last_value, last_eta = lax.while_loop(
       cond, body,
       (jnp.zeros((), jnp.int32), lr_ub, jnp.zeros((), bool), value,
-       jnp.zeros((), jnp.float32)))
+       jnp.zeros((), dtype)))
 
   step = jnp.where(accepted, eta, 0.)
   if on_failure == 'smallest':
@@ -217,13 +246,15 @@ def _search(trial_value: Callable[[jax.Array], jax.Array], value: jax.Array,
     streak = jnp.where(lower, 0, streak)
 
   new_state = BacktrackingLinesearchState(
-      learning_rate=step,
-      lr_ub=lr_ub,
+      learning_rate=step.astype(state.learning_rate.dtype),
+      lr_ub=lr_ub.astype(state.lr_ub.dtype),
       fail_streak=streak.astype(jnp.int32),
       total_trials=state.total_trials + num_trials,
       count=state.count + 1,
-      info=LinesearchInfo(num_trials=num_trials, accepted=accepted,
-                          descent=descent, slope=slope, value=new_value),
+      info=LinesearchInfo(
+          num_trials=num_trials, accepted=accepted, descent=descent,
+          slope=slope.astype(state.info.slope.dtype),
+          value=new_value.astype(state.info.value.dtype)),
   )
   return step, new_state
 
@@ -248,7 +279,7 @@ def _objective(value: jax.Array, preferences) -> jax.Array:
   if value.ndim == 1:
     w = preference_vector(preferences, value.shape[0],
                           jnp.promote_types(value.dtype, jnp.float32))
-    return jnp.dot(w, value.astype(w.dtype))
+    return jnp.dot(w, value.astype(w.dtype), precision=gram_lib.PRECISION)
   raise ValueError(
       'The objective must be a scalar or a [T] vector of task losses; got '
       f'shape {value.shape}.')
@@ -352,6 +383,14 @@ def backtracking_linesearch(
 
     The state is a ``BacktrackingLinesearchState`` (accepted step, trials).
 
+  Raises:
+    TypeError: for arguments of the wrong type (e.g. a float ``max_steps``).
+    ValueError: for a value out of its range (``lr_ub > 0``,
+      ``decrease_factor`` in (0, 1), ``slope_rtol`` in [0, 1),
+      ``max_steps >= 1``, ``lr_ub_patience`` None or >= 1, ``lr_ub_min`` in
+      [0, lr_ub], all finite), invalid ``preferences`` or an unknown
+      ``slope``/``on_failure``.
+
   Example:
     >>> import jax.numpy as jnp, optax, mtl_optax as mtl
     >>> from mtl_optax.linesearch import backtracking_linesearch
@@ -377,17 +416,17 @@ def backtracking_linesearch(
     Vaswani et al., `Painless Stochastic Gradient
     <https://arxiv.org/abs/1905.09997>`_, 2019.
   """
-  _validate(lr_ub, decrease_factor, slope_rtol, max_steps, on_failure,
-            lr_ub_patience, lr_ub_min)
-  if slope not in _SLOPES:
-    raise ValueError(f'slope must be one of {_SLOPES}, got {slope!r}.')
+  _validate('backtracking_linesearch', lr_ub, decrease_factor, slope_rtol,
+            max_steps, on_failure, lr_ub_patience, lr_ub_min, preferences)
+  _checks.check_one_of(
+      'slope', slope, _SLOPES, method='backtracking_linesearch',
+      hint="'grad' needs grad= at update, 'norm' uses ‖d‖², 'auto' picks")
   config = dict(decrease_factor=decrease_factor, slope_rtol=slope_rtol,
                 max_steps=int(max_steps), on_failure=on_failure,
                 lr_ub_patience=lr_ub_patience, lr_ub_min=lr_ub_min)
 
   def init_fn(params):
-    del params
-    return _init_state(lr_ub)
+    return _init_state(lr_ub, _state_dtype(params))
 
   def update_fn(updates, state, params=None, *, value_fn=None, value=None,
                 grad=None, **extra):
@@ -593,6 +632,14 @@ def fast_backtracking_linesearch(
     The updates can be passed on to further Optax transformations (e.g.
     ``optax.add_decayed_weights``) before ``optax.apply_updates``.
 
+  Raises:
+    TypeError: for a non-callable ``encode``/``heads_losses``, an
+      ``aggregator`` or ``preconditioner`` that is not an Optax
+      transformation, or other arguments of the wrong type.
+    ValueError: for the search's arguments out of range (as in
+      ``backtracking_linesearch``), an unknown ``z_step`` or a
+      ``preconditioner`` without ``z_step='linearized'``.
+
   Example:
     >>> import jax, jax.numpy as jnp, optax, mtl_optax as mtl
     >>> from mtl_optax.linesearch import fast_backtracking_linesearch
@@ -622,10 +669,26 @@ def fast_backtracking_linesearch(
     <https://arxiv.org/abs/1810.04650>`_, 2018 (the representation-level
     "-UB" directions).
   """
-  _validate(lr_ub, decrease_factor, slope_rtol, max_steps, on_failure,
-            lr_ub_patience, lr_ub_min)
-  if z_step not in _Z_STEPS:
-    raise ValueError(f'z_step must be one of {_Z_STEPS}, got {z_step!r}.')
+  method = 'fast_backtracking_linesearch'
+  _checks.check_callable('encode', encode, method=method,
+                         hint='encode(encoder_params, inputs) -> z')
+  _checks.check_callable(
+      'heads_losses', heads_losses, method=method,
+      hint='heads_losses(head_params, z, batch) -> [T] losses')
+  _checks.check_transformation(
+      'aggregator', aggregator, method=method, allow_none=False,
+      hint='an aggregator such as mtl.mgda()')
+  _validate(method, lr_ub, decrease_factor, slope_rtol, max_steps,
+            on_failure, lr_ub_patience, lr_ub_min, preferences)
+  _checks.check_one_of(
+      'z_step', z_step, _Z_STEPS, method=method,
+      hint="'direction' is the thesis, 'linearized' the exact first-order "
+      'move of z')
+  _checks.check_transformation(
+      'preconditioner', preconditioner, method=method,
+      hint='e.g. optax.scale_by_adam(), or None')
+  _checks.check_bool('encoder_has_aux', encoder_has_aux, method=method)
+  _checks.check_bool('heads_has_aux', heads_has_aux, method=method)
   if preconditioner is not None and z_step != 'linearized':
     raise ValueError(
         "A preconditioner needs z_step='linearized': the trials must move z "
@@ -638,7 +701,9 @@ def fast_backtracking_linesearch(
     pre = (() if preconditioner is None
            else preconditioner.init((encoder_params, head_params)))
     return FastLinesearchState(aggregator=aggregator.init(None),
-                               linesearch=_init_state(lr_ub),
+                               linesearch=_init_state(
+                                   lr_ub, _state_dtype((encoder_params,
+                                                        head_params))),
                                preconditioner=pre)
 
   def step(encoder_params, head_params, state, inputs, batch, **extra):

@@ -200,10 +200,12 @@ class FunctionalModel:
 
   def task_loss_vector(self, task_losses: Mapping[str, TaskLoss], outputs,
                        batch) -> jax.Array:
-    """``[T]`` losses in ``tasks`` order, in float32."""
-    return jnp.stack([
-        jnp.asarray(task_losses[t](outputs[t], batch), jnp.float32)
-        for t in self.tasks])
+    """``[T]`` losses in ``tasks`` order, in float32 (float64 when a task's
+    loss is float64)."""
+    values = [jnp.asarray(task_losses[t](outputs[t], batch))
+              for t in self.tasks]
+    dtype = jnp.result_type(jnp.float32, *[v.dtype for v in values])
+    return jnp.stack([v.astype(dtype) for v in values])
 
   def loss_fn(self, task_losses: Mapping[str, TaskLoss], *,
               train: bool = True) -> Callable:

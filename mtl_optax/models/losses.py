@@ -1,7 +1,7 @@
 """Per-task losses and the adapter to the ``task_losses`` convention.
 
 The plain losses take ``(prediction, target[, mask])`` and return a float32
-scalar, the mean over the valid elements (0 when none is valid; invalid
+scalar (float64 for a float64 prediction), the mean over the valid elements (0 when none is valid; invalid
 elements never reach the value or the gradient, so NaN targets there are
 harmless):
 
@@ -29,14 +29,27 @@ import jax.numpy as jnp
 TaskLoss = Callable[[Any, Mapping[str, Any]], jax.Array]
 
 
+def _loss_dtype(x) -> jnp.dtype:
+  """Dtype a loss of ``x`` is computed in: float32, or float64 for float64
+  ``x`` (bf16/f16 outputs widen; float64 models keep float64 gradients)."""
+  dtype = jnp.result_type(x)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    return jnp.dtype(jnp.float32)
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _as(x, dtype) -> jax.Array:
+  return jnp.asarray(x).astype(dtype)
+
+
 def masked_mean(values: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   """Mean of ``values`` where ``mask`` (broadcast) holds; 0 if nowhere."""
-  values = jnp.asarray(values, jnp.float32)
+  values = _as(values, _loss_dtype(values))
   if mask is None:
     return jnp.mean(values)
   mask = jnp.broadcast_to(jnp.asarray(mask).astype(bool), values.shape)
   total = jnp.sum(jnp.where(mask, values, 0.0))
-  return total / jnp.maximum(jnp.sum(mask, dtype=jnp.float32), 1.0)
+  return total / jnp.maximum(jnp.sum(mask, dtype=values.dtype), 1.0)
 
 
 def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
@@ -49,7 +62,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
     ignore_label: label to skip (segmentation void, CIFAR-100-MT other tasks).
 
   Returns:
-    A float32 scalar.
+    A float32 scalar (float64 for float64 logits).
 
   Example:
     >>> import jax.numpy as jnp
@@ -61,7 +74,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
   labels = jnp.asarray(labels)
   valid = labels != ignore_label
   safe = jnp.where(valid, labels, 0).astype(jnp.int32)
-  log_p = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+  log_p = jax.nn.log_softmax(_as(logits, _loss_dtype(logits)), axis=-1)
   nll = -jnp.take_along_axis(log_p, safe[..., None], axis=-1)[..., 0]
   return masked_mean(nll, valid)
 
@@ -69,8 +82,8 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array, *,
 def sigmoid_binary_cross_entropy(logits: jax.Array,
                                  labels: jax.Array) -> jax.Array:
   """Mean binary cross-entropy of single logits (``[...]`` or ``[..., 1]``)."""
-  logits = jnp.asarray(logits, jnp.float32)
-  labels = jnp.asarray(labels, jnp.float32)
+  dtype = _loss_dtype(logits)
+  logits, labels = _as(logits, dtype), _as(labels, dtype)
   if logits.ndim == labels.ndim + 1 and logits.shape[-1] == 1:
     logits = logits[..., 0]
   per = jnp.maximum(logits, 0) - logits * labels + jnp.log1p(
@@ -85,8 +98,8 @@ def l1_loss(pred: jax.Array, target: jax.Array,
   ``mask`` (bool or {0, 1}) is broadcast from the left-aligned leading axes:
   a ``[B, H, W]`` mask covers ``[B, H, W, C]`` predictions.
   """
-  err = jnp.abs(jnp.asarray(pred, jnp.float32) - jnp.asarray(target,
-                                                               jnp.float32))
+  dtype = _loss_dtype(pred)
+  err = jnp.abs(_as(pred, dtype) - _as(target, dtype))
   if mask is not None:
     mask = jnp.asarray(mask)
     mask = mask.reshape(mask.shape + (1,) * (err.ndim - mask.ndim))
@@ -130,8 +143,8 @@ def normal_cosine_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
     >>> float(losses.normal_cosine_loss(jnp.array([[0., 0., 2.], [1., 0., 0.]]), t))
     0.0
   """
-  pred = jnp.asarray(pred, jnp.float32)
-  target = jnp.asarray(target, jnp.float32)
+  dtype = _loss_dtype(pred)
+  pred, target = _as(pred, dtype), _as(target, dtype)
   valid = jnp.any(target != 0, axis=-1)
   cos = jnp.sum(_unit(pred) * _unit(target), axis=-1)
   return 1.0 - masked_mean(cos, valid)
@@ -155,7 +168,8 @@ def pose_translation_loss(pred: jax.Array, target: jax.Array, *,
     >>> float(losses.pose_translation_loss(jnp.array([[3., 4., 0.]]), jnp.zeros((1, 3))))
     5.0
   """
-  diff = jnp.asarray(pred, jnp.float32) - jnp.asarray(target, jnp.float32)
+  dtype = _loss_dtype(pred)
+  diff = _as(pred, dtype) - _as(target, dtype)
   return jnp.mean(_distance(diff, norm))
 
 
@@ -174,8 +188,8 @@ def pose_orientation_loss(pred: jax.Array, target: jax.Array, *,
     >>> float(losses.pose_orientation_loss(2 * q, q))
     0.0
   """
-  pred = jnp.asarray(pred, jnp.float32)
-  target = jnp.asarray(target, jnp.float32)
+  dtype = _loss_dtype(pred)
+  pred, target = _as(pred, dtype), _as(target, dtype)
   diff = _unit(pred) - _unit(target)
   return jnp.mean(_distance(diff, norm))
 
