@@ -49,10 +49,13 @@ import jax
 import jax.numpy as jnp
 from optax.experimental import aggregating
 
+from mtl_optax import _checks
 from mtl_optax import diagnostics as diag_lib
 from mtl_optax import gramians as gram_lib
 from mtl_optax import weightings
+from mtl_optax.weightings.aligned import SCALE_MODES
 from mtl_optax.weightings.linear import preference_vector
+from mtl_optax.weightings.mgda import NORMALIZATIONS
 
 PyTree = Any
 
@@ -91,6 +94,19 @@ class Proposal(NamedTuple):
 
 # direction_fn(grads, inner, extra) -> Proposal
 DirectionFn = Callable[..., Proposal]
+
+
+def state_dtype() -> jnp.dtype:
+  """The float dtype of the aggregators' states: float64 when
+  ``jax_enable_x64`` is on, else float32 (``init`` sees only the parameters,
+  which may be None, so the state follows JAX's default float)."""
+  return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def _keep_dtype(new: jax.Array, old: jax.Array) -> jax.Array:
+  """``new`` in ``old``'s dtype: a state's dtypes never change between steps
+  (a carry of ``lax.scan``), whatever the gradients' dtype."""
+  return jnp.asarray(new).astype(jnp.asarray(old).dtype)
 
 
 def leaves_finite(grads: PyTree, mask: PyTree | None = None,
@@ -138,10 +154,10 @@ def _build(
   def init_fn(params):
     del params
     weights = None if num_tasks is None else jnp.zeros((num_tasks,),
-                                                       jnp.float32)
+                                                       state_dtype())
     return AggregatorState(
         weights=weights,
-        diagnostics=diag_lib.empty(),
+        diagnostics=diag_lib.empty(state_dtype()),
         num_skipped=jnp.zeros((), jnp.int32),
         last_skipped=jnp.zeros((), bool),
         inner=init_inner(),
@@ -155,7 +171,11 @@ def _build(
           f'The stacked gradients have {t} tasks on their leading axis but '
           f'the aggregator was built for {num_tasks}.')
     _check_extra_args(extra)
-    proposal = direction_fn(grads, state.inner, extra)
+    # Every contraction of the weighting (T×T products in the solvers) at
+    # full precision: on GPUs/TPUs JAX's default rounds float32 inputs to
+    # TF32/bf16. The Gramian and weighted sum set it themselves.
+    with jax.default_matmul_precision('highest'):
+      proposal = direction_fn(grads, state.inner, extra)
     gram_hat = proposal.gram_hat
     ok = jnp.all(jnp.isfinite(proposal.coefficients)) & proposal.inputs_ok
     if gram_hat is not None:
@@ -168,17 +188,18 @@ def _build(
 
     if track_diagnostics and gram_hat is not None:
       safe_gram = jnp.where(ok, gram_hat, jnp.eye(t, dtype=gram_hat.dtype))
-      new_diag = diag_lib.from_gramian(safe_gram.astype(jnp.float32))
+      new_diag = diag_lib.from_gramian(safe_gram)
       new_diag = jax.tree.map(
-          lambda n, o: jnp.where(ok, n, o), new_diag, state.diagnostics)
+          lambda n, o: jnp.where(ok, _keep_dtype(n, o), o), new_diag,
+          state.diagnostics)
     else:
       new_diag = state.diagnostics
     weights = state.weights
     if weights is not None:
       weights = jnp.where(ok, proposal.coefficients.astype(weights.dtype),
                           weights)
-    inner = jax.tree.map(lambda n, o: jnp.where(ok, n, o), proposal.inner,
-                         state.inner)
+    inner = jax.tree.map(lambda n, o: jnp.where(ok, _keep_dtype(n, o), o),
+                         proposal.inner, state.inner)
     new_state = AggregatorState(
         weights=weights,
         diagnostics=new_diag,
@@ -218,7 +239,24 @@ def gramian_direction(
 
   Returns:
     A function ``(grads, inner, extra) -> Proposal``.
+
+  Raises:
+    TypeError: if ``coefficients_fn`` is not callable, ``scale_degree`` not a
+      real number or ``heads_follow_coefficients`` not a bool.
+    ValueError: for invalid ``preferences`` (1-D, finite, not all zero) or
+      a non-finite ``scale_degree``.
   """
+  method = 'gramian_direction'
+  _checks.check_callable('coefficients_fn', coefficients_fn, method=method,
+                         hint='(K_hat, scale, inner, extra) -> (c, inner)')
+  # Any sign: linear scalarization passes its weights here.
+  _checks.check_preferences('preferences', preferences, method=method,
+                            non_negative=False)
+  _checks.check_in_range('scale_degree', scale_degree, None, None,
+                         method=method,
+                         hint='p with d(σG) = σ^p d(G); 1 for most methods')
+  _checks.check_bool('heads_follow_coefficients', heads_follow_coefficients,
+                     method=method)
 
   def direction_fn(grads, inner, extra):
     mask = gram_lib.resolve_shared_mask(shared, grads)
@@ -261,6 +299,12 @@ def linear_scalarization(
   Returns:
     An ``Aggregator``.
 
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: if ``weights`` is not a 1-D, finite, not all-zero vector
+      (negative weights are allowed: they ascend those losses) or disagrees
+      with ``num_tasks``, or ``num_tasks < 1``.
+
   Example:
     >>> import jax, jax.numpy as jnp, optax, mtl_optax as mtl
     >>> params = {'w': jnp.zeros(2)}
@@ -270,6 +314,12 @@ def linear_scalarization(
     >>> updates['w'].tolist()
     [-0.10000000149011612, -0.20000000298023224]
   """
+  method = 'linear_scalarization'
+  _checks.check_num_tasks(num_tasks, method=method)
+  # Any sign: a plain weighted sum may ascend a loss on purpose.
+  _checks.check_preferences('weights', weights, method=method,
+                            num_tasks=num_tasks, non_negative=False)
+  _checks.check_bool('track_diagnostics', track_diagnostics, method=method)
 
   if track_diagnostics:
     direction_fn = gramian_direction(
@@ -294,7 +344,9 @@ def _aligned_svd_direction(shared, preferences, scale_mode) -> DirectionFn:
     mask = gram_lib.resolve_shared_mask(shared, grads)
     leaves, treedef = jax.tree.flatten(grads)
     flags = jax.tree.leaves(mask)
-    shared_leaves = [g for g, m in zip(leaves, flags) if m]
+    # Zero-size leaves have no columns to decompose (and no entries to
+    # scale); `combine` still gives them their zero-size update.
+    shared_leaves = [g for g, m in zip(leaves, flags) if m and g.size > 0]
     heads = preference_vector(preferences, t)
     heads_ok = leaves_finite(grads, mask, shared=False)
     if not shared_leaves:
@@ -377,6 +429,12 @@ def aligned_mtl(
   Returns:
     An ``Aggregator``.
 
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: for an unknown ``scale_mode`` or ``method``, invalid
+      ``preferences`` (1-D, finite, non-negative, not all zero, ``num_tasks``
+      entries) or ``num_tasks < 1``.
+
   Example:
     >>> import jax.numpy as jnp, optax, mtl_optax as mtl
     >>> params = {'w': jnp.zeros(2)}
@@ -388,7 +446,17 @@ def aligned_mtl(
     >>> float(state.diagnostics.dominance_rate)      # of the input system
     3.0
   """
-  weightings.aligned(jnp.eye(1), None, scale_mode)  # validates scale_mode
+  name = 'aligned_mtl'
+  _checks.check_num_tasks(num_tasks, method=name)
+  _checks.check_preferences('preferences', preferences, method=name,
+                            num_tasks=num_tasks)
+  _checks.check_one_of(
+      'scale_mode', scale_mode, SCALE_MODES, method=name,
+      hint="'min' is the paper's σ_min; see mtl_optax.weightings.aligned")
+  _checks.check_one_of(
+      'method', method, ('eigh', 'svd'), method=name,
+      hint="'eigh' decomposes the T×T Gramian (fast), 'svd' the stacked "
+      'gradients (reference)')
   if method == 'eigh':
     direction_fn = gramian_direction(
         lambda k, scale, inner, extra: (
@@ -406,27 +474,36 @@ def mgda(
     max_iters: int = 250,
     tol: float = 1e-5,
     *,
+    solver: str = 'active_set',
     shared: gram_lib.SharedMask = None,
     num_tasks: int | None = None,
 ) -> aggregating.Aggregator:
   """MGDA (Sener & Koltun, NeurIPS 2018): the min-norm convex combination.
 
-  Solves problem (3), ``min_{α∈Δ} ‖Σ α_t g_t‖²``, by Frank-Wolfe with the
-  exact two-point line search in ``lax.while_loop`` (closed form for T = 2).
-  The direction conflicts with no task: ``<d, g_t> ≥ ‖d‖² ≥ 0``. Task-specific
-  leaves get their plain gradients (Algorithm 2, line 2).
+  Solves problem (3), ``min_{α∈Δ} ‖Σ α_t g_t‖²`` exactly, by an active-set
+  method inside ``lax.while_loop`` (closed form for T = 2); the paper's
+  Frank-Wolfe (Algorithm 2) is ``solver='frank_wolfe'``. The direction
+  conflicts with no task: ``<d, g_t> ≥ ‖d‖² ≥ 0``. Task-specific leaves get
+  their plain gradients (Algorithm 2, line 2).
 
   Args:
     normalization: 'none' | 'l2' | 'loss' | 'loss+'. The last two need the
       task losses: ``tx.update(grads, state, params, losses=losses)``.
-    max_iters: Frank-Wolfe iteration limit.
+    max_iters: Frank-Wolfe iteration limit (Frank-Wolfe solvers only).
     tol: Frank-Wolfe stopping tolerance (see
       ``mtl_optax.weightings.min_norm_frank_wolfe``).
+    solver: 'active_set' (default, exact), 'frank_wolfe' (the paper's
+      Algorithm 2) or 'frank_wolfe_away' (with away steps).
     shared: which leaves are shared.
     num_tasks: ``T``, to record the coefficients in the state.
 
   Returns:
     An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: for an unknown ``normalization``, ``max_iters < 1``, a
+      negative or non-finite ``tol`` or ``num_tasks < 1``.
 
   Example:
     >>> import jax.numpy as jnp, mtl_optax as mtl
@@ -436,20 +513,39 @@ def mgda(
     >>> bool((grads['w'] @ d['w'] >= 0).all())
     True
   """
-  weightings.normalization_scales(jnp.eye(1), normalization,
-                                  jnp.ones(1))   # validates the name
+  _checks.check_num_tasks(num_tasks, method='mgda')
+  _checks.check_one_of(
+      'normalization', normalization, NORMALIZATIONS, method='mgda',
+      hint="'none' is the paper; 'loss' and 'loss+' need losses= at update")
+  _checks.check_int_at_least(
+      'max_iters', max_iters, 1, method='mgda',
+      hint='the Frank-Wolfe iteration limit; 250 as in the reference code')
+  _checks.check_non_negative(
+      'tol', tol, method='mgda',
+      hint='the Frank-Wolfe stopping tolerance, e.g. 1e-5; 0 runs all '
+      'max_iters iterations')
+  _checks.check_one_of(
+      'solver', solver, weightings.mgda_solvers, method='mgda',
+      hint="'active_set' is exact, 'frank_wolfe' is the paper's Algorithm 2")
   degree = 0 if normalization in ('l2', 'loss+') else 1
 
   def coefficients(k, scale, inner, extra):
     return weightings.mgda(k, normalization, extra.get('losses'), max_iters,
-                           tol), inner
+                           tol, solver), inner
 
   direction_fn = gramian_direction(coefficients, shared=shared,
                                    scale_degree=degree)
   return _build(direction_fn, num_tasks=num_tasks, preferences=None)
 
 
-def _random_order_aggregator(weighting, preferences, shared, seed, num_tasks):
+def _random_order_aggregator(weighting, preferences, shared, seed, num_tasks,
+                             method):
+  _checks.check_num_tasks(num_tasks, method=method)
+  _checks.check_preferences('preferences', preferences, method=method,
+                            num_tasks=num_tasks)
+  _checks.check_integer('seed', seed, method=method,
+                        hint='the seed of the PRNG key in the state')
+
   def coefficients(k, scale, key, extra):
     key, sub = jax.random.split(key)
     orders = weightings.random_orders(sub, k.shape[0])
@@ -484,9 +580,14 @@ def pcgrad(
 
   Returns:
     An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type (e.g. a float ``seed``).
+    ValueError: for invalid ``preferences`` (1-D, finite, non-negative, not
+      all zero, ``num_tasks`` entries) or ``num_tasks < 1``.
   """
   return _random_order_aggregator(weightings.pcgrad, preferences, shared,
-                                  seed, num_tasks)
+                                  seed, num_tasks, 'pcgrad')
 
 
 def mamg(
@@ -513,9 +614,14 @@ def mamg(
 
   Returns:
     An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type (e.g. a float ``seed``).
+    ValueError: for invalid ``preferences`` (1-D, finite, non-negative, not
+      all zero, ``num_tasks`` entries) or ``num_tasks < 1``.
   """
   return _random_order_aggregator(weightings.mamg, preferences, shared, seed,
-                                  num_tasks)
+                                  num_tasks, 'mamg')
 
 
 def aggregator_state(opt_state: Any) -> AggregatorState:

@@ -23,24 +23,19 @@ import jax
 import jax.numpy as jnp
 from optax.experimental import aggregating
 
+from mtl_optax import _checks
 from mtl_optax import gramians as gram_lib
 from mtl_optax import weightings
 from mtl_optax.aggregators import Proposal
 from mtl_optax.aggregators import _build
 from mtl_optax.aggregators import leaves_finite
+from mtl_optax.aggregators import state_dtype
 from mtl_optax.aggregators import gramian_direction
 from mtl_optax.weightings.loss_based import random_weights
 
 
 def _require_num_tasks(name: str, num_tasks: int | None) -> int:
-  if num_tasks is None:
-    raise TypeError(
-        f'{name} keeps one value per task in its state: pass num_tasks=T '
-        '(the optimizer state is created from the parameters, which do not '
-        'tell T).')
-  if num_tasks < 1:
-    raise ValueError(f'num_tasks must be positive, got {num_tasks}.')
-  return int(num_tasks)
+  return _checks.check_num_tasks(num_tasks, method=name, required=True)
 
 
 def _stateless(weighting, shared, num_tasks, preferences=None, degree=1):
@@ -64,31 +59,64 @@ def imtl_g(*, shared: gram_lib.SharedMask = None,
 
   Returns:
     An ``Aggregator``.
+
+  Raises:
+    TypeError, ValueError: if ``num_tasks`` is not None or an integer >= 1.
   """
+  _checks.check_num_tasks(num_tasks, method='imtl_g')
   return _stateless(weightings.imtl_g, shared, num_tasks)
 
 
 def cagrad(c: float = 0.4, rescale: int = 1, *,
            shared: gram_lib.SharedMask = None,
            num_tasks: int | None = None,
-           max_iters: int = 100) -> aggregating.Aggregator:
+           max_iters: int | None = None) -> aggregating.Aggregator:
   """CAGrad (Liu et al., NeurIPS 2021): conflict-averse gradient descent.
 
-  ``d = g0 + (c‖g0‖/‖G w‖) G w`` with ``g0`` the mean gradient and ``w`` the
-  solution of the dual over the simplex (accelerated projected gradient in
-  JAX, ``max_iters`` iterations); ``rescale`` 0 | 1 (``/(1+c²)``, default) | 2
-  (``/(1+c)``). Note ``g0`` is a *mean*, as in the paper.
+  The update maximises the worst task improvement ``min_t <g_t, d>`` over the
+  ball ``‖d − g0‖ ≤ c‖g0‖`` around the mean gradient ``g0``; where the dual
+  is non-degenerate that is the paper's ``d = g0 + (c‖g0‖/‖G w‖) G w``.
+  Solved exactly by a homotopy on the Gramian
+  (``mtl_optax.weightings.cagrad``); on Pareto-stationary inputs whose ball
+  reaches the dual cone (always for ``c ≥ 1``) the optimal point closest to
+  ``g0`` is returned, which conflicts with no task. ``rescale`` 0 | 1
+  (``/(1+c²)``, default) | 2 (``/(1+c)``). Note ``g0`` is a *mean*, as in
+  the paper.
+
+  Example:
+    >>> import jax.numpy as jnp, mtl_optax as mtl
+    >>> grads = {'w': jnp.array([[1., 0.], [-2., 0.]])}   # Pareto-stationary
+    >>> tx = mtl.cagrad(c=2.0, rescale=0)
+    >>> d, _ = tx.update(grads, tx.init(None))
+    >>> (grads['w'] @ d['w']).tolist()                   # conflicts with none
+    [0.0, 0.0]
 
   Args:
     c: the radius factor (0.4 default; the paper uses 0.4-0.5).
     rescale: 0, 1 or 2.
     shared: which leaves are shared.
     num_tasks: ``T``, to record the weights in the state.
-    max_iters: dual solver iterations.
+    max_iters: pivot limit of the exact solver (default ``5T + 20``).
 
   Returns:
     An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: for a negative or non-finite ``c``, ``rescale`` not 0, 1 or
+      2, ``max_iters < 1`` or ``num_tasks < 1``.
   """
+  _checks.check_num_tasks(num_tasks, method='cagrad')
+  _checks.check_non_negative(
+      'c', c, method='cagrad',
+      hint='the radius factor of the ball around the mean gradient; the '
+      'paper uses 0.4-0.5, 0 gives the mean gradient')
+  _checks.check_one_of(
+      'rescale', rescale, (0, 1, 2), method='cagrad',
+      hint='0: no rescaling, 1: divide by 1+c² (default), 2: by 1+c')
+  _checks.check_int_at_least(
+      'max_iters', max_iters, 1, method='cagrad', allow_none=True,
+      hint='the pivot limit of the exact solver; None (default) is 5T + 20')
   weightings.cagrad(jnp.eye(1), c, rescale, 1)   # validates rescale
   return _stateless(lambda k: weightings.cagrad(k, c, rescale, max_iters),
                     shared, num_tasks)
@@ -96,7 +124,7 @@ def cagrad(c: float = 0.4, rescale: int = 1, *,
 
 def upgrad(preferences: jax.Array | None = None, *,
            shared: gram_lib.SharedMask = None,
-           num_tasks: int | None = None, iters: int = 500
+           num_tasks: int | None = None, max_iters: int | None = None
            ) -> aggregating.Aggregator:
   """UPGrad (Quinton & Rey, 2024): every task gradient projected onto the dual
   cone of the task gradients, then summed with the preferences (default ones;
@@ -106,18 +134,31 @@ def upgrad(preferences: jax.Array | None = None, *,
     preferences: ``[T]`` weights of the projections (and of the heads).
     shared: which leaves are shared.
     num_tasks: ``T``, to record the weights in the state.
-    iters: iterations of ``optax.nnls`` for the T projections.
+    max_iters: iteration limit of the exact active-set solver of each
+      projection (default ``5T + 20``).
 
   Returns:
     An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: for invalid ``preferences`` (1-D, finite, non-negative, not
+      all zero, ``num_tasks`` entries), ``max_iters < 1`` or
+      ``num_tasks < 1``.
   """
-  return _stateless(lambda k: weightings.upgrad(k, preferences, iters), shared,
-                    num_tasks, preferences)
+  _checks.check_num_tasks(num_tasks, method='upgrad')
+  _checks.check_preferences('preferences', preferences, method='upgrad',
+                            num_tasks=num_tasks)
+  _checks.check_int_at_least(
+      'max_iters', max_iters, 1, method='upgrad', allow_none=True,
+      hint='the solver\'s iteration limit; None for the default 5T + 20')
+  return _stateless(lambda k: weightings.upgrad(k, preferences, max_iters),
+                    shared, num_tasks, preferences)
 
 
 def dualproj(preferences: jax.Array | None = None, *,
              shared: gram_lib.SharedMask = None,
-             num_tasks: int | None = None, iters: int = 500
+             num_tasks: int | None = None, max_iters: int | None = None
              ) -> aggregating.Aggregator:
   """DualProj (Quinton & Rey, 2024): the preference-weighted sum projected onto
   the dual cone of the task gradients. Conflicts with no task.
@@ -126,12 +167,25 @@ def dualproj(preferences: jax.Array | None = None, *,
     preferences: ``[T]`` weights of the sum (default ones).
     shared: which leaves are shared.
     num_tasks: ``T``, to record the weights in the state.
-    iters: iterations of ``optax.nnls``.
+    max_iters: iteration limit of the exact active-set solver (default
+      ``5T + 20``).
 
   Returns:
     An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: for invalid ``preferences`` (1-D, finite, non-negative, not
+      all zero, ``num_tasks`` entries), ``max_iters < 1`` or
+      ``num_tasks < 1``.
   """
-  return _stateless(lambda k: weightings.dualproj(k, preferences, iters),
+  _checks.check_num_tasks(num_tasks, method='dualproj')
+  _checks.check_preferences('preferences', preferences, method='dualproj',
+                            num_tasks=num_tasks)
+  _checks.check_int_at_least(
+      'max_iters', max_iters, 1, method='dualproj', allow_none=True,
+      hint='the solver\'s iteration limit; None for the default 5T + 20')
+  return _stateless(lambda k: weightings.dualproj(k, preferences, max_iters),
                     shared, num_tasks, preferences)
 
 
@@ -141,13 +195,25 @@ def config(*, shared: gram_lib.SharedMask = None,
   task gradient (``U⁺ 1`` of the unit gradients), as long as the sum of the
   task gradients' projections on it.
 
+  When the unit gradients cancel (``Σ_t u_t = 0``, e.g. gradients all
+  parallel or antiparallel to one vector, as many unit gradients each way),
+  ``U⁺ 1 = 0``: no direction improves every task and the shared update is
+  zero (the coefficients, recorded in ``weights``, are zeros; the step is not
+  counted as skipped). Rounding noise in that direction is recognised as such
+  (see ``mtl_optax.weightings.config``), so it never turns into a
+  gradient-sized update.
+
   Args:
     shared: which leaves are shared.
     num_tasks: ``T``, to record the weights in the state.
 
   Returns:
     An ``Aggregator``.
+
+  Raises:
+    TypeError, ValueError: if ``num_tasks`` is not None or an integer >= 1.
   """
+  _checks.check_num_tasks(num_tasks, method='config')
   return _stateless(weightings.config, shared, num_tasks)
 
 
@@ -169,9 +235,19 @@ def fairgrad(alpha: float = 1.0, *, shared: gram_lib.SharedMask = None,
 
   Returns:
     An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: for a non-positive or non-finite ``alpha``,
+      ``max_iters < 1`` or ``num_tasks < 1``.
   """
-  if alpha <= 0:
-    raise ValueError(f'alpha must be positive, got {alpha}.')
+  _checks.check_num_tasks(num_tasks, method='fairgrad')
+  _checks.check_positive(
+      'alpha', alpha, method='fairgrad',
+      hint='the fairness exponent: 1 is proportional fairness (the paper\'s '
+      'default), larger values approach max-min fairness')
+  _checks.check_int_at_least('max_iters', max_iters, 1, method='fairgrad',
+                             hint='Newton iterations, e.g. 50')
   return _stateless(lambda k: weightings.fairgrad(k, alpha, max_iters),
                     shared, num_tasks, degree=(1 - alpha) / (1 + alpha))
 
@@ -198,10 +274,24 @@ def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
 
   Returns:
     An ``Aggregator``. Its ``inner`` state is ``(alpha, step)``.
+
+  Raises:
+    TypeError: without ``num_tasks``, or for arguments of the wrong type.
+    ValueError: for a negative or non-finite ``max_norm``,
+      ``update_weights_every < 1``, ``optim_niter < 1`` or ``num_tasks < 1``.
   """
   t = _require_num_tasks('nash_mtl', num_tasks)
-  if update_weights_every < 1:
-    raise ValueError('update_weights_every must be >= 1.')
+  _checks.check_non_negative(
+      'max_norm', max_norm, method='nash_mtl',
+      hint='the clip of the shared update\'s L2 norm; the authors use 1.0, '
+      '0 disables the clip')
+  _checks.check_int_at_least(
+      'update_weights_every', update_weights_every, 1, method='nash_mtl',
+      hint='recompute the weights every this many steps; 1 recomputes them '
+      'every step')
+  _checks.check_int_at_least(
+      'optim_niter', optim_niter, 1, method='nash_mtl',
+      hint='Newton iterations at most, e.g. 20')
 
   def coefficients(k, scale, inner, extra):
     alpha, step = inner
@@ -220,7 +310,7 @@ def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
 
   direction_fn = gramian_direction(coefficients, shared=shared)
   return _build(direction_fn, num_tasks=t, preferences=None,
-                init_inner=lambda: (jnp.ones((t,), jnp.float32),
+                init_inner=lambda: (jnp.ones((t,), state_dtype()),
                                     jnp.zeros((), jnp.int32)))
 
 
@@ -239,8 +329,22 @@ def gradvac(beta: float = 0.5, preferences: jax.Array | None = None, *,
 
   Returns:
     An ``Aggregator``. Its ``inner`` state is ``(key, targets)``.
+
+  Raises:
+    TypeError: without ``num_tasks``, or for arguments of the wrong type.
+    ValueError: for ``beta`` outside [0, 1], invalid ``preferences`` (1-D,
+      finite, non-negative, not all zero, ``num_tasks`` entries) or
+      ``num_tasks < 1``.
   """
   t = _require_num_tasks('gradvac', num_tasks)
+  _checks.check_in_range(
+      'beta', beta, 0, 1, method='gradvac',
+      hint='the EMA rate of the cosine targets; the paper uses 0.01-0.5, 0 '
+      'keeps the targets at 0, which is PCGrad')
+  _checks.check_preferences('preferences', preferences, method='gradvac',
+                            num_tasks=t)
+  _checks.check_integer('seed', seed, method='gradvac',
+                        hint='the seed of the PRNG key in the state')
 
   def coefficients(k, scale, inner, extra):
     key, targets = inner
@@ -254,7 +358,7 @@ def gradvac(beta: float = 0.5, preferences: jax.Array | None = None, *,
                                    preferences=preferences)
   return _build(direction_fn, num_tasks=t, preferences=preferences,
                 init_inner=lambda: (jax.random.PRNGKey(seed),
-                                    jnp.zeros((t, t), jnp.float32)))
+                                    jnp.zeros((t, t), state_dtype())))
 
 
 def random_weighting(*, shared: gram_lib.SharedMask = None,
@@ -270,11 +374,18 @@ def random_weighting(*, shared: gram_lib.SharedMask = None,
 
   Returns:
     An ``Aggregator``.
+
+  Raises:
+    TypeError: for a non-integer ``seed`` or ``num_tasks``.
+    ValueError: for ``num_tasks < 1``.
   """
+  _checks.check_num_tasks(num_tasks, method='random_weighting')
+  _checks.check_integer('seed', seed, method='random_weighting',
+                        hint='the seed of the PRNG key in the state')
 
   def coefficients(k, scale, key, extra):
     key, sub = jax.random.split(key)
-    return random_weights(sub, k.shape[0]), key
+    return random_weights(sub, k.shape[0], k.dtype), key
 
   direction_fn = gramian_direction(coefficients, shared=shared,
                                    heads_follow_coefficients=True)
@@ -299,10 +410,20 @@ def ema_weighting(weighting: Callable[[jax.Array], jax.Array],
 
   Returns:
     An ``Aggregator``. Its ``inner`` state is ``(running_c, step)``.
+
+  Raises:
+    TypeError: without ``num_tasks``, for a ``weighting`` that is not
+      callable, or for arguments of the wrong type.
+    ValueError: for ``beta`` outside [0, 1) or ``num_tasks < 1``.
   """
+  _checks.check_callable(
+      'weighting', weighting, method='ema_weighting',
+      hint='a function K -> c such as mtl.weightings.mgda')
   t = _require_num_tasks('ema_weighting', num_tasks)
-  if not 0 <= beta < 1:
-    raise ValueError(f'beta must be in [0, 1), got {beta}.')
+  _checks.check_in_range(
+      'beta', beta, 0, 1, method='ema_weighting', high_open=True,
+      hint='the EMA factor, e.g. 0.9; 0 disables the smoothing, 1 would '
+      'never update')
 
   def coefficients(k, scale, inner, extra):
     running, step = inner
@@ -313,7 +434,7 @@ def ema_weighting(weighting: Callable[[jax.Array], jax.Array],
 
   direction_fn = gramian_direction(coefficients, shared=shared)
   return _build(direction_fn, num_tasks=t, preferences=None,
-                init_inner=lambda: (jnp.zeros((t,), jnp.float32),
+                init_inner=lambda: (jnp.zeros((t,), state_dtype()),
                                     jnp.zeros((), jnp.int32)))
 
 
@@ -341,7 +462,20 @@ def graddrop(leak: float = 0.0, *, shared: gram_lib.SharedMask = None,
 
   Returns:
     An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: for ``leak`` outside [0, 1] or ``num_tasks < 1``.
   """
+  _checks.check_num_tasks(num_tasks, method='graddrop')
+  _checks.check_in_range(
+      'leak', leak, 0, 1, method='graddrop',
+      hint='the fraction of every gradient always kept; 0 is pure GradDrop, '
+      '1 the plain sum')
+  _checks.check_integer('seed', seed, method='graddrop',
+                        hint='the seed of the masks\' PRNG key')
+  _checks.check_bool('track_diagnostics', track_diagnostics,
+                     method='graddrop')
 
   def direction_fn(grads, key, extra):
     t = gram_lib.num_tasks(grads)
@@ -362,14 +496,18 @@ def graddrop(leak: float = 0.0, *, shared: gram_lib.SharedMask = None,
         x = g.astype(acc)
         task_ones = jnp.ones((t,), acc)
         if not is_shared:
-          out.append(jnp.tensordot(task_ones, x, axes=1).astype(g.dtype))
+          out.append(jnp.tensordot(task_ones, x, axes=1,
+                                   precision=gram_lib.PRECISION
+                                   ).astype(g.dtype))
           continue
         # Per coordinate, the mask keeps the positive or the negative task
         # gradients, so Σ_t (ℓ + (1-ℓ) M_t) g_t only needs their two sums.
         # Sums over the task axis are matrix-vector products: XLA:CPU's
         # reductions over a leading axis are an order of magnitude slower.
-        total = jnp.tensordot(task_ones, x, axes=1)
-        positive = jnp.tensordot(task_ones, jnp.maximum(x, 0), axes=1)
+        total = jnp.tensordot(task_ones, x, axes=1,
+                              precision=gram_lib.PRECISION)
+        positive = jnp.tensordot(task_ones, jnp.maximum(x, 0), axes=1,
+                                 precision=gram_lib.PRECISION)
         negative = total - positive
         magnitude = positive - negative
         purity = 0.5 * (1 + total / jnp.where(magnitude > 0, magnitude, 1))

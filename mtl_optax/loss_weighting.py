@@ -23,10 +23,12 @@ import jax.numpy as jnp
 import optax
 from optax.experimental import aggregating
 
+from mtl_optax import _checks
 from mtl_optax import gramians as gram_lib
 from mtl_optax.aggregators import Proposal
 from mtl_optax.aggregators import _build
 from mtl_optax.aggregators import leaves_finite
+from mtl_optax.aggregators import state_dtype
 from mtl_optax.baselines import _require_num_tasks
 from mtl_optax.weightings import loss_based
 
@@ -37,7 +39,8 @@ def _losses(extra, name, t):
     raise ValueError(
         f'{name} weights the task losses: pass them to the update, e.g. '
         'tx.update(grads, state, params, losses=losses).')
-  losses = jnp.asarray(losses, jnp.float32)
+  losses = jnp.asarray(losses)
+  losses = losses.astype(jnp.promote_types(losses.dtype, jnp.float32))
   if losses.shape != (t,):
     raise ValueError(f'`losses` has shape {losses.shape}; expected ({t},).')
   return losses
@@ -46,7 +49,8 @@ def _losses(extra, name, t):
 def _loss_aggregator(name, coefficients_fn, init_inner, *, num_tasks, shared,
                      track_diagnostics, needs_gramian=False, stateful=True):
   """``coefficients_fn(losses, gram_hat, scale, inner) -> (c, inner)``."""
-  t = _require_num_tasks(name, num_tasks) if stateful else num_tasks
+  t = _checks.check_num_tasks(num_tasks, method=name, required=stateful)
+  _checks.check_bool('track_diagnostics', track_diagnostics, method=name)
   with_gramian = track_diagnostics or needs_gramian
 
   def direction_fn(grads, inner, extra):
@@ -91,7 +95,15 @@ def uncertainty_weighting(
 
   Returns:
     An ``Aggregator``; ``inner`` state is ``(log_vars, optimizer_state)``.
+
+  Raises:
+    TypeError: without ``num_tasks``, for an ``optimizer`` that is not an
+      Optax transformation, or for arguments of the wrong type.
+    ValueError: for ``num_tasks < 1``.
   """
+  _checks.check_transformation(
+      'optimizer', optimizer, method='uncertainty_weighting',
+      hint='the inner optimizer of the log-variances, e.g. optax.adam(1e-3)')
   optimizer = optimizer or optax.adam(1e-3)
   t = _require_num_tasks('uncertainty_weighting', num_tasks)
 
@@ -102,7 +114,7 @@ def uncertainty_weighting(
     return c, _inner_step(optimizer, grad, log_vars, opt_state)
 
   def init():
-    log_vars = jnp.zeros((t,), jnp.float32)
+    log_vars = jnp.zeros((t,), state_dtype())
     return log_vars, optimizer.init(log_vars)
 
   return _loss_aggregator('uncertainty_weighting', coefficients, init,
@@ -128,20 +140,29 @@ def dwa(temperature: float = 2.0, *, num_tasks: int | None = None,
 
   Returns:
     An ``Aggregator``; ``inner`` state is ``(history [2, T], count)``.
+
+  Raises:
+    TypeError: without ``num_tasks``, or for arguments of the wrong type.
+    ValueError: for a non-positive or non-finite ``temperature`` or
+      ``num_tasks < 1``.
   """
   t = _require_num_tasks('dwa', num_tasks)
+  _checks.check_positive(
+      'temperature', temperature, method='dwa',
+      hint='the softmax temperature τ; the paper uses 2, larger is more '
+      'uniform')
 
   def coefficients(losses, gram_hat, scale, inner):
     history, count = inner
     w = jnp.where(count >= 2,
                   loss_based.dwa(history[0], history[1], temperature),
-                  jnp.ones((t,), jnp.float32))
+                  jnp.ones((t,), state_dtype()))
     history = jnp.stack([losses, history[0]])
     return w, (history, jnp.minimum(count + 1, 2))
 
   return _loss_aggregator(
       'dwa', coefficients,
-      lambda: (jnp.ones((2, t), jnp.float32), jnp.zeros((), jnp.int32)),
+      lambda: (jnp.ones((2, t), state_dtype()), jnp.zeros((), jnp.int32)),
       num_tasks=t, shared=shared, track_diagnostics=track_diagnostics)
 
 
@@ -167,7 +188,19 @@ def gradnorm(alpha: float = 1.5, *, num_tasks: int | None = None,
   Returns:
     An ``Aggregator``; ``inner`` state is ``(w, initial_losses, count,
     optimizer_state)``.
+
+  Raises:
+    TypeError: without ``num_tasks``, for an ``optimizer`` that is not an
+      Optax transformation, or for arguments of the wrong type.
+    ValueError: for a negative or non-finite ``alpha`` or ``num_tasks < 1``.
   """
+  _checks.check_non_negative(
+      'alpha', alpha, method='gradnorm',
+      hint='the asymmetry α; the paper uses 0.12-3 (1.5 by default), 0 '
+      'pulls all weighted norms to their mean')
+  _checks.check_transformation(
+      'optimizer', optimizer, method='gradnorm',
+      hint='the inner optimizer of the weights, e.g. optax.adam(1e-3)')
   optimizer = optimizer or optax.adam(1e-3)
   t = _require_num_tasks('gradnorm', num_tasks)
 
@@ -190,8 +223,8 @@ def gradnorm(alpha: float = 1.5, *, num_tasks: int | None = None,
     return w, (new_w, initial, count + 1, opt_state)
 
   def init():
-    w = jnp.ones((t,), jnp.float32)
-    return w, jnp.ones((t,), jnp.float32), jnp.zeros((), jnp.int32), \
+    w = jnp.ones((t,), state_dtype())
+    return w, jnp.ones((t,), state_dtype()), jnp.zeros((), jnp.int32), \
         optimizer.init(w)
 
   return _loss_aggregator('gradnorm', coefficients, init, num_tasks=t,
@@ -222,8 +255,19 @@ def famo(learning_rate: float = 0.025, gamma: float = 1e-3, *,
   Returns:
     An ``Aggregator``; ``inner`` state is ``(logits, previous_losses, count,
     optimizer_state)``.
+
+  Raises:
+    TypeError: without ``num_tasks``, or for arguments of the wrong type.
+    ValueError: for a non-positive ``learning_rate``, a negative ``gamma``
+      (either non-finite) or ``num_tasks < 1``.
   """
   t = _require_num_tasks('famo', num_tasks)
+  _checks.check_positive(
+      'learning_rate', learning_rate, method='famo',
+      hint='the step size of the task logits; the paper uses 0.025')
+  _checks.check_non_negative(
+      'gamma', gamma, method='famo',
+      hint='the weight decay of the task logits; the paper uses 1e-3')
   optimizer = optax.adamw(learning_rate, weight_decay=gamma)
 
   def coefficients(losses, gram_hat, scale, inner):
@@ -238,8 +282,8 @@ def famo(learning_rate: float = 0.025, gamma: float = 1e-3, *,
     return c, (logits, losses, count + 1, opt_state)
 
   def init():
-    logits = jnp.zeros((t,), jnp.float32)
-    return logits, jnp.ones((t,), jnp.float32), jnp.zeros((), jnp.int32), \
+    logits = jnp.zeros((t,), state_dtype())
+    return logits, jnp.ones((t,), state_dtype()), jnp.zeros((), jnp.int32), \
         optimizer.init(logits)
 
   return _loss_aggregator('famo', coefficients, init, num_tasks=t,
@@ -259,6 +303,9 @@ def geometric_mean(*, num_tasks: int | None = None,
 
   Returns:
     An ``Aggregator``.
+
+  Raises:
+    TypeError, ValueError: if ``num_tasks`` is not None or an integer >= 1.
   """
   return _loss_aggregator(
       'geometric_mean',

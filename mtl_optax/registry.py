@@ -8,11 +8,14 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Any, Callable
 
 import jax
 from optax.experimental import aggregating
 
+from mtl_optax import _checks
 from mtl_optax import aggregators
 from mtl_optax import baselines
 from mtl_optax import loss_weighting
@@ -57,9 +60,50 @@ TAKES_PREFERENCES = frozenset({'linear_scalarization', 'aligned_mtl', 'pcgrad',
                                'mamg', 'upgrad', 'dualproj', 'gradvac'})
 
 
+class UnknownAggregatorError(KeyError, ValueError):
+  """An aggregator name that is not registered (a ``KeyError``, and a
+  ``ValueError`` for code that treats it as a bad argument)."""
+
+  def __str__(self) -> str:
+    return str(self.args[0]) if self.args else ''
+
+
 def available() -> tuple[str, ...]:
   """Names accepted by ``get_aggregator``, sorted."""
   return tuple(sorted(_FACTORIES))
+
+
+def _factory(name: Any, caller: str) -> Callable[..., aggregating.Aggregator]:
+  """The factory registered as ``name``, or a clear error."""
+  if not isinstance(name, str):
+    raise TypeError(
+        f'{caller}: name must be a string, one of {", ".join(available())}; '
+        f'got {name!r} ({type(name).__name__}).')
+  if name in _FACTORIES:
+    return _FACTORIES[name]
+  close = difflib.get_close_matches(name, available(), n=3)
+  hint = f' Did you mean {" or ".join(map(repr, close))}?' if close else ''
+  raise UnknownAggregatorError(
+      f'{caller}: unknown aggregator {name!r}.{hint} Available: '
+      f'{", ".join(available())}.')
+
+
+def _check_keywords(name: str, factory: Callable[..., Any],
+                    kwargs: dict[str, Any], caller: str) -> None:
+  """Names the factory's keywords when one it does not take is passed."""
+  try:
+    parameters = inspect.signature(factory).parameters
+  except (TypeError, ValueError):
+    return
+  if any(p.kind is inspect.Parameter.VAR_KEYWORD
+         for p in parameters.values()):
+    return
+  unknown = sorted(set(kwargs) - set(parameters))
+  if unknown:
+    raise TypeError(
+        f'{caller}: {name} takes no keyword argument '
+        f'{", ".join(map(repr, unknown))}; it takes '
+        f'{", ".join(parameters)}.')
 
 
 def get_aggregator(name: str, **kwargs: Any) -> aggregating.Aggregator:
@@ -73,14 +117,14 @@ def get_aggregator(name: str, **kwargs: Any) -> aggregating.Aggregator:
     An ``Aggregator``.
 
   Raises:
-    KeyError: for an unknown name, listing the known ones.
+    UnknownAggregatorError: (a ``KeyError`` and a ``ValueError``) for an
+      unknown name, listing the known ones and the closest matches.
+    TypeError: if ``name`` is not a string or a keyword is not one of the
+      factory's.
+    ValueError: for a keyword's invalid value (the factory's checks).
   """
-  try:
-    factory = _FACTORIES[name]
-  except KeyError:
-    raise KeyError(
-        f'Unknown aggregator {name!r}; available: {", ".join(available())}.'
-    ) from None
+  factory = _factory(name, 'get_aggregator')
+  _check_keywords(name, factory, kwargs, 'get_aggregator')
   return factory(**kwargs)
 
 
@@ -105,7 +149,12 @@ def for_tasks(name: str, *, num_tasks: int,
     An ``Aggregator``.
 
   Raises:
-    ValueError: if ``preferences`` is given to a method that takes none.
+    UnknownAggregatorError: (a ``KeyError`` and a ``ValueError``) for an
+      unknown name.
+    TypeError: if ``name`` is not a string, ``num_tasks`` not an integer, or
+      a keyword is not one of the factory's.
+    ValueError: if ``num_tasks < 1``, ``preferences`` is given to a method
+      that takes none, or a keyword's value is invalid.
 
   Example:
     >>> import mtl_optax as mtl
@@ -113,6 +162,9 @@ def for_tasks(name: str, *, num_tasks: int,
     >>> tx = mtl.registry.for_tasks('aligned_mtl', num_tasks=2,
     ...                             preferences=[0.2, 0.8])
   """
+  _factory(name, 'for_tasks')
+  _checks.check_num_tasks(num_tasks, method=f'for_tasks({name!r})',
+                          required=True)
   kwargs = dict(kwargs, num_tasks=num_tasks)
   if preferences is not None:
     if name not in TAKES_PREFERENCES:

@@ -358,7 +358,7 @@ def test_bf16_inputs(name):
   assert np.all(np.isfinite(f16))
   np.testing.assert_allclose(f16, f32, rtol=1e-2, atol=1e-2 * np.max(
       np.abs(f32)))
-  assert s16.weights.dtype == jnp.float32
+  assert s16.weights.dtype == mtl.aggregators.state_dtype()
 
 
 # ---------------------------------------------------------------------------
@@ -522,7 +522,8 @@ def test_num_tasks_records_weights_and_checks(name):
   state = agg.init(_params())
   assert state.weights.shape == (3,)
   d, state = _apply(agg, _grads(t=3), state)
-  assert state.weights.shape == (3,) and state.weights.dtype == jnp.float32
+  assert state.weights.shape == (3,)
+  assert state.weights.dtype == mtl.aggregators.state_dtype()
   # weights are the coefficients: shared update = c @ G.
   np.testing.assert_allclose(_flat(d['enc']),
                              np.asarray(state.weights, np.float64)

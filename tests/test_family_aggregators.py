@@ -305,7 +305,7 @@ def test_single_task_bf16(name):
     for tree in (out.d, out.u):
       _assert_like_params(tree, run.params)   # bf16 leaves, finite
     assert out.agg.weights.shape == (1,)
-    assert out.agg.weights.dtype == jnp.float32
+    assert out.agg.weights.dtype == mtl.aggregators.state_dtype()
     assert np.all(np.isfinite(_np(out.agg.weights)))
     for part in ('enc', 'head'):
       d, ref = _flat(out.d[part]), _matrix(g[part])[0]

@@ -29,7 +29,7 @@ F64_EPS = float(np.finfo(np.float64).eps)
 aligned = jax.jit(W.aligned, static_argnames='scale_mode')
 aligned_svd = jax.jit(W.aligned_direction_svd, static_argnames='scale_mode')
 mgda = jax.jit(W.mgda, static_argnames=('normalization', 'max_iters', 'tol',
-                                        'away_steps'))
+                                        'solver'))
 pcgrad = jax.jit(W.pcgrad)
 mamg = jax.jit(W.mamg)
 random_orders = jax.jit(W.random_orders, static_argnums=1)
@@ -62,6 +62,13 @@ def conditioned(rng, t, p, singular_values):
   return a @ np.diag(singular_values) @ b.T
 
 
+def lower_median(x):
+  """``torch.median``'s median: the lower middle value for an even count
+  (the authors' Aligned-MTL code applies it to the kept eigenvalues)."""
+  x = np.sort(np.asarray(x).ravel())
+  return x[(x.size - 1) // 2]
+
+
 def np_aligned(g, w=None, eps=F32_EPS, scale_mode='min'):
   """Aligned-MTL from numpy's SVD of the P×T matrix of gradient columns.
 
@@ -81,7 +88,7 @@ def np_aligned(g, w=None, eps=F32_EPS, scale_mode='min'):
   elif scale_mode == 'rmse':
     sigma = np.sqrt(lam.mean())
   elif scale_mode == 'median':
-    sigma = np.sqrt(np.median(lam))   # mean of the two middles when even
+    sigma = np.sqrt(lower_median(lam))
   else:
     raise ValueError(scale_mode)
   return sigma * (u[:, keep] @ (vt[keep] @ w)), int(keep.sum())
@@ -361,10 +368,40 @@ def test_aligned_scale_modes_use_kept_spectrum_only(t):
     assert rel_err(d_svd, ref) < 1e-4
     # Only the scale differs from 'min' (σ_min = s[t-2], the last kept).
     lam = s[:-1]**2
-    expect = np.sqrt(np.median(lam) if mode == 'median' else lam.mean())
+    expect = np.sqrt(lower_median(lam) if mode == 'median' else lam.mean())
     np.testing.assert_allclose(
         np.linalg.norm(direction(c, g)) / np.linalg.norm(d_min),
         expect / s[t - 2], rtol=1e-4)
+
+
+@pytest.mark.parametrize('t', [2, 4, 6])
+def test_aligned_median_is_the_lower_middle_for_an_even_count(t):
+  """An even number of kept values with distinct middles: σ² is the lower
+  middle eigenvalue (torch.median), not the mean of the two middles, in the
+  Gramian path and the SVD path alike."""
+  rng = np.random.default_rng(40 + t)
+  s = np.geomspace(3, 0.5, t)                 # distinct singular values
+  g = conditioned(rng, t, 3 * t, s)
+  lam = np.sort(s**2)
+  lower, upper = lam[t // 2 - 1], lam[t // 2]
+  assert upper > 1.5 * lower                  # the two middles differ
+  out = aligned_modes(gram32(g), f32(np.ones(t)), f32(g))
+  d_min = np_aligned(g, scale_mode='min')[0]
+  c, d_svd, c_svd = out['median']
+  for d in (direction(c, g), np.asarray(d_svd, np.float64),
+            direction(c_svd, g)):
+    ratio = np.linalg.norm(d) / np.linalg.norm(d_min)
+    np.testing.assert_allclose(ratio, np.sqrt(lower) / s.min(), rtol=1e-4)
+    assert abs(ratio - np.sqrt(0.5 * (lower + upper)) / s.min()) > 1e-2
+  # alignment_scale itself, on an unsorted spectrum with a dropped value.
+  from mtl_optax.weightings.aligned import alignment_scale
+  squared = jnp.array([4., 0., 9., 1., 16.], jnp.float32)
+  keep = squared > 0
+  # Kept 1, 4, 9, 16: the lower middle is 4 (σ = 2), not 6.5.
+  np.testing.assert_allclose(float(alignment_scale(squared, keep, 'median')),
+                             2.0)
+  np.testing.assert_allclose(
+      float(alignment_scale(squared, squared > 1, 'median')), 3.0)  # 4, 9, 16
 
 
 def test_aligned_invalid_scale_mode():
@@ -543,20 +580,20 @@ def test_mgda_origin_in_hull_gives_zero_direction(t):
   c = np.asarray(mgda(gram32(g)), np.float64)
   assert np.all(np.isfinite(c))
   assert np.linalg.norm(c @ g) <= 1e-3 * np.linalg.norm(g, axis=1).max()
-  c_plain = np.asarray(mgda(gram32(g), away_steps=False), np.float64)
+  c_plain = np.asarray(mgda(gram32(g), solver='frank_wolfe'), np.float64)
   assert np.linalg.norm(c_plain @ g) <= 5e-2 * np.linalg.norm(g, axis=1).max()
 
 
 @pytest.mark.parametrize('t,kind,seed', [c for c in MGDA_CASES if c[0] > 2])
 def test_mgda_plain_frank_wolfe(t, kind, seed):
-  """``away_steps=False`` (the paper's Algorithm 2) is approximately right
-  and never more accurate than the away-step solver."""
+  """``solver='frank_wolfe'`` (the paper's Algorithm 2) is approximately
+  right and never more accurate than the exact solver."""
   rng = np.random.default_rng(1000 * seed + t)
   g = mgda_data(kind, t, 3 * t + 4, rng)
   k = gram32(g)
   _, d_ref = qp_min_norm(g)
   g_max = np.linalg.norm(g, axis=1).max()
-  d_plain = direction(mgda(k, away_steps=False), g)
+  d_plain = direction(mgda(k, solver='frank_wolfe'), g)
   d_away = direction(mgda(k), g)
   err_plain = np.linalg.norm(d_plain - d_ref)
   err_away = np.linalg.norm(d_away - d_ref)
@@ -566,7 +603,7 @@ def test_mgda_plain_frank_wolfe(t, kind, seed):
   assert err_away <= err_plain + 1e-4 * np.linalg.norm(d_ref)
   # No conflict, approximately.
   assert np.all(g @ d_plain >= -5e-2 * g_max * np.linalg.norm(d_ref))
-  c_plain = np.asarray(mgda(k, away_steps=False))
+  c_plain = np.asarray(mgda(k, solver='frank_wolfe'))
   assert c_plain.min() >= 0
   np.testing.assert_allclose(c_plain.sum(), 1.0, rtol=1e-5)
 
@@ -871,7 +908,7 @@ PSD_P = 12
 def _all_weightings(k, g, losses, orders):
   outputs = [aligned(k, None, m) for m in ('min', 'median', 'rmse')]
   outputs += [mgda(k, n, losses) for n in ('none', 'l2', 'loss', 'loss+')]
-  outputs += [mgda(k, away_steps=False), pcgrad(k, orders), mamg(k, orders),
+  outputs += [mgda(k, solver='frank_wolfe'), pcgrad(k, orders), mamg(k, orders),
               W.linear(k)]
   outputs += list(aligned_svd(g))
   outputs += list(mtl.diagnostics.from_gramian(k))

@@ -23,6 +23,7 @@ from mtl_optax.weightings.dual_cone import project_to_dual_cone
 from mtl_optax.weightings.dual_cone import upgrad
 from mtl_optax.weightings.gradvac import gradvac
 from mtl_optax.weightings.imtl import imtl_g
+from mtl_optax.weightings import active_set
 from mtl_optax.weightings import loss_based
 from mtl_optax.weightings.aligned import aligned_direction_svd
 from mtl_optax.weightings.linear import linear
@@ -31,6 +32,7 @@ from mtl_optax.weightings.mgda import mgda
 from mtl_optax.weightings.mgda import min_norm_two
 from mtl_optax.weightings.mgda import min_norm_frank_wolfe
 from mtl_optax.weightings.mgda import normalization_scales
+from mtl_optax.weightings.mgda import SOLVERS as mgda_solvers
 from mtl_optax.weightings.pcgrad import pcgrad
 from mtl_optax.weightings.pcgrad import random_orders
 
@@ -41,6 +43,7 @@ __all__ = [
     'fairgrad',
     'gradvac',
     'imtl_g',
+    'active_set',
     'loss_based',
     'nash_mtl',
     'project_to_dual_cone',
@@ -53,6 +56,7 @@ __all__ = [
     'mgda',
     'min_norm_frank_wolfe',
     'min_norm_two',
+    'mgda_solvers',
     'normalization_scales',
     'pcgrad',
     'random_orders',

@@ -53,8 +53,11 @@ def alignment_scale(squared, keep, scale_mode: str = 'min') -> jax.Array:
     squared: ``[T]`` eigenvalues of ``K``.
     keep: ``[T]`` bool mask of the kept eigenvalues.
     scale_mode: ``'min'`` (``σ_min``, the paper), ``'median'`` (square root of
-      the median kept eigenvalue; the mean of the two middle ones when their
-      number is even) or ``'rmse'`` (square root of the mean kept eigenvalue).
+      the median kept eigenvalue; for an even number of kept values the
+      *lower* of the two middle ones, as the authors' code does with
+      ``torch.median`` on the kept eigenvalues of ``K``; the same element as
+      the lower median of the singular values, ``sqrt`` being monotone) or
+      ``'rmse'`` (square root of the mean kept eigenvalue).
 
   Returns:
     A scalar; 0 when nothing is kept (a zero Jacobian).
@@ -68,13 +71,12 @@ def alignment_scale(squared, keep, scale_mode: str = 'min') -> jax.Array:
   elif scale_mode == 'rmse':
     value = jnp.sum(jnp.where(keep, squared, 0)) / jnp.maximum(rank, 1)
   else:
-    # Kept values sorted ascending sit at positions T-rank .. T-1.
+    # Kept values sorted ascending sit at positions T-rank .. T-1; the lower
+    # median (torch.median's convention) is at offset (rank-1)//2.
     ordered = jnp.sort(jnp.where(keep, squared, -big))
     t = squared.shape[0]
-    lo = t - rank + (rank - 1) // 2
-    hi = t - rank + rank // 2
-    value = 0.5 * (ordered[jnp.clip(lo, 0, t - 1)] +
-                   ordered[jnp.clip(hi, 0, t - 1)])
+    lower = t - rank + (rank - 1) // 2
+    value = ordered[jnp.clip(lower, 0, t - 1)]
   return jnp.where(any_kept, jnp.sqrt(jnp.where(any_kept, value, 1)), 0)
 
 

@@ -75,5 +75,10 @@ def famo_logits_grad(logits: jax.Array, previous_losses: jax.Array,
 
 def random_weights(key: jax.Array, num_tasks: int, dtype=jnp.float32
                    ) -> jax.Array:
-  """RLW: ``softmax`` of ``num_tasks`` standard normal samples."""
-  return jax.nn.softmax(jax.random.normal(key, (num_tasks,), dtype))
+  """RLW: ``softmax`` of ``num_tasks`` standard normal samples.
+
+  The samples are drawn in float32 whatever ``dtype`` (then cast), so a key
+  gives the same weights with and without ``jax_enable_x64``.
+  """
+  draw = jax.random.normal(key, (num_tasks,), jnp.float32)
+  return jax.nn.softmax(draw.astype(jnp.promote_types(dtype, jnp.float32)))
