@@ -180,7 +180,7 @@ def nonnegative_quadratic(
     linear: ``[T]`` vector ``b`` (in the range of ``Q`` for a bounded
       problem; every use in this library satisfies that).
     max_iters: iteration limit of each phase (default ``5T + 20``).
-    rtol: relative optimality tolerance (default ``10 · T · eps``).
+    rtol: relative optimality tolerance (default ``2 √T eps``).
 
   Returns:
     An ``ActiveSetResult`` (``iterations`` counts both phases).
@@ -198,7 +198,10 @@ def nonnegative_quadratic(
   linear = linear.astype(dtype)
   max_iters = _default_max_iters(t) if max_iters is None else int(max_iters)
   eps = jnp.finfo(dtype).eps
-  rtol = 10 * t * eps if rtol is None else rtol
+  # The typical (not worst-case) rounding of a length-T dot product: a
+  # worst-case bound (T eps) held indices with real multipliers (measured
+  # 8% error on a near-stationary 20x10 float32 case, 5e-5 with this).
+  rtol = 2 * t ** 0.5 * eps if rtol is None else rtol
   quad = 0.5 * (quad + quad.T)
   index = jnp.arange(t)
   eye = jnp.eye(t, dtype=dtype)

@@ -96,6 +96,7 @@ def solve_cagrad(gram: jax.Array, c: float = 0.4,
     lam: jax.Array
     iteration: jax.Array
     done: jax.Array
+    stationary: jax.Array   # stopped at the level bound of a stationary point
 
   def body(carry: Carry) -> Carry:
     level, active = carry.level, carry.active
@@ -105,8 +106,14 @@ def solve_cagrad(gram: jax.Array, c: float = 0.4,
     a, beta, gamma = jnp.sum(p), jnp.sum(q), q @ b
     disc = beta * beta - a * (gamma - radius2)
     has_root = (a > 0) & (disc >= 0)
-    root = jnp.where(has_root, (beta + jnp.sqrt(jnp.maximum(disc, 0))) /
-                     jnp.where(a > 0, a, 1), jnp.inf)
+    # The larger root, in the form without cancellation: (β + √D)/a when
+    # β ≥ 0, else (γ − r²)/(β − √D) (the product of the roots is (γ−r²)/a).
+    sqrt_disc = jnp.sqrt(jnp.maximum(disc, 0))
+    plus = (beta + sqrt_disc) / jnp.where(a > 0, a, 1)
+    minus_den = beta - sqrt_disc
+    alternative = (gamma - radius2) / jnp.where(minus_den < 0, minus_den, -1)
+    root = jnp.where(has_root, jnp.where(beta >= 0, plus, alternative),
+                     jnp.inf)
     # A is empty (λ = 0) and r = 0: the centre itself.
     root = jnp.where(~jnp.any(active) & (radius2 <= 0), level, root)
     root = jnp.maximum(root, level)
@@ -146,7 +153,13 @@ def solve_cagrad(gram: jax.Array, c: float = 0.4,
     ratio = jnp.where(donors, lam / jnp.where(donors, mu, 1), jnp.inf)
     i = jnp.argmin(ratio)
     theta = ratio[i]
-    can_swap = jnp.any(donors)
+    # The swap keeps d only as far as g_j = Σ μ_i g_i holds: it moves d by
+    # θ √schur. Near a stationary point μ (from a nearly singular K_AA) is
+    # rounding-dominated and θ large; a swap that would move d by more than
+    # rounding is a stop at the level bound instead.
+    moved2 = theta * theta * jnp.maximum(schur, 0)
+    size2 = lam @ (gram @ lam) + u @ b
+    can_swap = jnp.any(donors) & (moved2 <= tol * size2)
     swapped_lam = jnp.maximum(jnp.where(active, lam - theta * mu, 0), 0
                               ) + theta * e_j
     swapped_active = (active & (index != i)) | e_j
@@ -159,14 +172,26 @@ def solve_cagrad(gram: jax.Array, c: float = 0.4,
     # Stuck (no root, no breakpoint: only through rounding): stay put.
     lam = jnp.where(stuck, jnp.where(active, level * p - q, 0).clip(0), lam)
     new_level = jnp.where(stuck, level, new_level)
-    return Carry(new_level, new_active, lam, carry.iteration + 1, done)
+    return Carry(new_level, new_active, lam, carry.iteration + 1, done,
+                 limit)
 
   start = Carry(jnp.min(b), jnp.zeros((t,), bool), jnp.zeros((t,), dtype),
-                jnp.zeros((), jnp.int32), jnp.zeros((), bool))
+                jnp.zeros((), jnp.int32), jnp.zeros((), bool),
+                jnp.zeros((), bool))
   final = lax.while_loop(
       lambda carry: ~carry.done & (carry.iteration < max_iters), body, start)
-  return CAGradSolution(u + final.lam, final.lam, final.level,
-                        final.iteration, final.done)
+
+  # At the level bound of a Pareto-stationary point (τ* = 0) the answer is
+  # the projection of g0 on the dual cone H_0: solve it directly (exact
+  # NNLS, independent of the order in which the homotopy met the
+  # constraints, which near-dependent constraints make rounding-sensitive).
+  def project_centre():
+    return active_set.nonnegative_quadratic(gram, -b,
+                                            max_iters=max_iters).x
+
+  lam = lax.cond(final.stationary, project_centre, lambda: final.lam)
+  level = jnp.where(final.stationary, jnp.zeros((), dtype), final.level)
+  return CAGradSolution(u + lam, lam, level, final.iteration, final.done)
 
 
 def solve_cagrad_dual(gram: jax.Array, c: float = 0.4,
