@@ -115,7 +115,13 @@ def solve_power_balance(
 
     s = lax.while_loop(ls_cond, lambda s: 0.5 * s, s0)
     new = jnp.clip(w - s * step, jnp.finfo(dtype).tiny, max_weight)
-    return new, it + 1, residual(new)
+    # A non-finite step keeps the last iterate and stops (the residual is
+    # then reported as 0): a nearly singular Gramian rounds to slightly
+    # negative eigenvalues (measured -7e-8 in float32), where φ is not convex
+    # and Newton's Hessian can turn singular.
+    finite = jnp.all(jnp.isfinite(new))
+    new = jnp.where(finite, new, w)
+    return new, it + 1, jnp.where(finite, residual(new), 0)
 
   w, iters, _ = lax.while_loop(
       cond, body, (w0, jnp.zeros((), jnp.int32), jnp.full((), jnp.inf, dtype)))

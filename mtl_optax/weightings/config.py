@@ -77,15 +77,19 @@ def config(gram: jax.Array) -> jax.Array:
   ones = vectors.T @ present.astype(dtype)      # 1 in the eigenbasis
   beta = vectors @ jnp.where(keep, ones / safe, 0)
   b = beta * inv_norms
-  k_b = gram @ b
-  length2 = b @ k_b
   # ‖e‖² = 1ᵀ K_u⁺ 1 from the spectrum (no cancellation), and the bound on
   # its rounding noise from the part of 1 outside the kept eigenspace.
   e_norm2 = jnp.sum(jnp.where(keep, ones * ones / safe, 0))
+  # The length Σ_t <g_t, e> = Σ_t ‖g_t‖ (K_u β)_t = nᵀ P 1 (P the projector
+  # on the kept eigenspace), and ‖e‖² above: both from the spectrum. (bᵀKb
+  # and 1ᵀKb would multiply K into K⁺: errors ~ cond² eps instead of
+  # cond eps, measured 1e-4 in float64 on a 9×11 matrix of condition 1e6.)
+  projected_ones = vectors @ jnp.where(keep, ones, 0)
+  length = norms @ projected_ones
   outside = jnp.sqrt(jnp.sum(jnp.where(keep, 0, ones * ones)))
   smallest = jnp.min(jnp.where(keep, squared, jnp.inf))
   noise = (_NOISE_FACTOR * jnp.sqrt(jnp.asarray(t, dtype))
            * jnp.finfo(dtype).eps * jnp.max(squared) * outside
            / jnp.where(jnp.isfinite(smallest), smallest, 1) ** 1.5)
-  ok = (length2 > 0) & (e_norm2 > noise * noise)
-  return jnp.where(ok, jnp.sum(k_b) / jnp.where(ok, length2, 1), 0) * b
+  ok = (e_norm2 > 0) & (e_norm2 > noise * noise)
+  return jnp.where(ok, length / jnp.where(ok, e_norm2, 1), 0) * b
