@@ -8,6 +8,12 @@ so it chains in front of any Optax optimizer::
     losses, grads = mtl.value_and_jacobian(loss_fn)(params, batch)
     tx = optax.chain(mtl.aligned_mtl(), optax.adam(1e-3))
     updates, opt_state = tx.update(grads, opt_state, params)
+
+The core needs only jax, jaxlib, optax, chex and numpy. The model zoo
+(``mtl.models``, the ``zoo`` extra), the data pipelines (``mtl.data``,
+``data``) and the training loop (``mtl.training``, ``train``) are imported
+on first use and say which extra to install if theirs is missing, e.g.
+``pip install 'mtl-optax[zoo]'``.
 """
 
 from mtl_optax import diagnostics
@@ -109,3 +115,19 @@ __all__ = [
     'weighted_sum',
     'weightings',
 ]
+
+# Parts with optional dependencies (pip extras), imported on first attribute
+# access (PEP 562) so that ``import mtl_optax`` needs only the core. They are
+# not in ``__all__``: ``from mtl_optax import *`` must not import them.
+_LAZY_SUBMODULES = ('data', 'models', 'training')
+
+
+def __getattr__(name):
+  if name in _LAZY_SUBMODULES:
+    import importlib  # pylint: disable=g-import-not-at-top
+    return importlib.import_module(f'{__name__}.{name}')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY_SUBMODULES))

@@ -17,10 +17,15 @@ builders), ``builder_base``, one module per dataset (``multi_mnist``,
 
 Attributes are imported on first use, so ``import mtl_optax.data`` does not
 import tensorflow_datasets, and ``python -m mtl_optax.data.multi_mnist`` runs
-the module once.
+the module once. It does check that tensorflow_datasets is installed (the
+``data`` extra, ``pip install 'mtl-optax[data]'``) and says so if not.
 """
 
 import importlib
+
+from mtl_optax._extras import _require
+
+_require('tensorflow_datasets', 'data', 'mtl_optax.data')
 
 _SUBMODULES = ('builder_base', 'celeb_a', 'cifar100_mt', 'cityscapes',
                'datasets', 'image_ops', 'loader', 'multi_mnist', 'nyuv2',

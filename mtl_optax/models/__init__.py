@@ -55,6 +55,11 @@ Example (per-task gradients and Aligned-MTL on MultiMNIST's LeNet):
   >>> fm.update_model(model, params, stats)   # back into the nnx model
 """
 
+from mtl_optax._extras import _require
+
+_require('flax', 'zoo', 'mtl_optax.models')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from mtl_optax.models import heads
 from mtl_optax.models import layers
 from mtl_optax.models import lenet
