@@ -12,7 +12,12 @@ Examples::
     python benchmarks/train.py --config cityscapes --method mgda --data-dir DIR
     python benchmarks/train.py --config seven_scenes --arg scene=fire --data-dir DIR
 
-Run again with the same ``--workdir`` to resume from its latest checkpoint.
+With a ``--workdir`` the run checkpoints every ``checkpoint_every_steps``
+steps and ``checkpoint_every_seconds`` seconds (``--set`` either; None turns
+it off) and on SIGTERM/SIGINT, after which it exits with status 128 + the
+signal's number (143, 130); ``WORKDIR/log.jsonl`` gets every step as it goes.
+Run again with the same ``--workdir`` to resume from its latest checkpoint
+("resumed from step N"); a finished run reports its stored evaluations.
 ``--data-parallel`` shards every batch over all devices (one host, or every
 host of a multi-host job started with ``--distributed``, which calls
 ``jax.distributed.initialize()`` first).
@@ -24,6 +29,7 @@ import argparse
 import ast
 import json
 import pathlib
+import signal
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -76,7 +82,13 @@ def main(argv=None):
   result = training.train(config, workdir=args.workdir, mesh=mesh,
                           progress=jax.process_index() == 0)
   print(json.dumps({'evaluations': result.evaluations,
-                    'seconds_per_step': result.seconds_per_step}, indent=1))
+                    'seconds_per_step': result.seconds_per_step,
+                    'step': int(result.state.step),
+                    'interrupted': result.interrupted}, indent=1))
+  if result.interrupted is not None:
+    # The checkpoint is saved: "killed by the signal", to whoever waits.
+    number = getattr(signal.Signals, result.interrupted, signal.SIGTERM)
+    sys.exit(128 + int(number))
 
 
 if __name__ == '__main__':

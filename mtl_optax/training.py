@@ -15,7 +15,13 @@ runs at:
 the Gramian diagnostics (dominance rate, ...) of every step, evaluates with
 ``mtl_optax.metrics`` and checkpoints parameters, BatchNorm statistics,
 optimizer and aggregator state and the input stream's position with orbax, so
-that a resumed run continues bit-identically::
+that a resumed run continues bit-identically. Checkpoints are written every
+``checkpoint_every_steps`` steps, every ``checkpoint_every_seconds`` seconds,
+at the end, and when SIGTERM or SIGINT arrives (the loop saves at the next
+step boundary and returns with ``interrupted`` set); ``log.jsonl`` gets one
+line per step, flushed as it goes, and a resumed run drops the lines after
+its checkpoint, so that a run killed any way and resumed logs every step
+exactly once::
 
     from mtl_optax import training
     config = training.Config(model='lenet_multimnist', dataset='multi_mnist',
@@ -30,6 +36,9 @@ import json
 import math
 import os
 import pathlib
+import signal
+import sys
+import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
@@ -37,6 +46,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from mtl_optax._extras import _require
+
+# The training loop needs the model zoo, the data pipelines, orbax for the
+# checkpoints and tqdm for the progress bar: the 'train' extra.
+_require('flax', 'train', 'mtl_optax.training')
+_require('tensorflow_datasets', 'train', 'mtl_optax.training')
+_require('orbax.checkpoint', 'train', 'mtl_optax.training')
+_require('tqdm', 'train', 'mtl_optax.training')
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from flax import nnx
 
 from mtl_optax import aggregators as aggregators_lib
@@ -84,8 +104,14 @@ class Config:
       updated (every step's values are kept either way).
     eval_every_epochs: evaluate after every this many epochs and at the end.
     max_eval_batches: evaluate on at most this many batches (None: all).
-    checkpoint_every_steps: save a checkpoint this often (and at the end);
-      None: only at the end. Needs a ``workdir``.
+    checkpoint_every_steps: save a checkpoint every this many steps (and
+      at the end and on SIGTERM/SIGINT); None: no step interval. Needs a
+      ``workdir``. Saves are asynchronous (orbax): training goes on while
+      the checkpoint is written.
+    checkpoint_every_seconds: also save when this many seconds of wall time
+      have passed since the last save; None: no time interval. A run killed
+      without warning (SIGKILL, a lost machine) recomputes at most the steps
+      of one interval, identically.
   """
 
   model: str
@@ -112,7 +138,8 @@ class Config:
   log_every_steps: int = 50
   eval_every_epochs: float = 1.0
   max_eval_batches: int | None = None
-  checkpoint_every_steps: int | None = None
+  checkpoint_every_steps: int | None = 1000
+  checkpoint_every_seconds: float | None = 300.0
 
   def replace(self, **changes) -> 'Config':
     """A copy with ``changes`` (unknown names raise ``TypeError``)."""
@@ -165,6 +192,10 @@ class TrainResult(NamedTuple):
   history: dict[str, np.ndarray]   # per-step arrays: losses [S, T], ...
   evaluations: list[dict[str, Any]]
   seconds_per_step: float
+  # The signal ('SIGTERM', 'SIGINT') that stopped the run early, after a
+  # checkpoint at ``state.step``; None when the run reached its end (or
+  # ``stop_after``).
+  interrupted: str | None = None
 
 
 # -- building blocks ----------------------------------------------------------
@@ -390,32 +421,192 @@ def evaluate(experiment: Experiment, state: TrainState,
 
 def _checkpoint_manager(workdir: str | os.PathLike):
   import orbax.checkpoint as ocp
+  # Asynchronous saves: ``save`` returns once the arrays are copied to host
+  # memory (so the next, donating step cannot touch them) and a background
+  # thread writes them; a step directory appears only when complete, so a
+  # kill mid-write leaves the previous checkpoint as the latest.
   return ocp.CheckpointManager(
       pathlib.Path(workdir).absolute() / 'checkpoints',
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=2, create=True, enable_async_checkpointing=True))
 
 
-def save_checkpoint(manager, state: TrainState, data_state: Mapping[str, int]
-                    ) -> None:
-  """Saves ``state`` and the input stream's position at ``state.step``."""
+def save_checkpoint(manager, state: TrainState, data_state: Mapping[str, int],
+                    *, meta: Mapping[str, Any] | None = None,
+                    wait: bool = True) -> None:
+  """Saves ``state`` and the input stream's position at ``state.step``.
+
+  Args:
+    manager: the orbax ``CheckpointManager``.
+    state: the ``TrainState``.
+    data_state: the training stream's ``get_state()``.
+    meta: JSON-able run record kept with the checkpoint (the evaluations so
+      far and the step timing), read back by ``restore_checkpoint``.
+    wait: block until the checkpoint is on disk; False returns once the
+      arrays are on the host (``manager.wait_until_finished()`` later).
+  """
   import orbax.checkpoint as ocp
-  manager.save(int(state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave(dict(data_state))), force=True)
-  manager.wait_until_finished()
+  items = dict(state=ocp.args.StandardSave(state),
+               data=ocp.args.JsonSave(dict(data_state)))
+  if meta is not None:
+    items['meta'] = ocp.args.JsonSave(dict(meta))
+  manager.save(int(state.step), args=ocp.args.Composite(**items), force=True)
+  if wait:
+    manager.wait_until_finished()
 
 
-def restore_checkpoint(manager, like: TrainState
-                       ) -> tuple[TrainState, dict[str, int]] | None:
-  """The latest checkpoint as ``(state, data_state)``, or None if none."""
+def restore_checkpoint(manager, like: TrainState, *, with_meta: bool = False
+                       ) -> tuple[Any, ...] | None:
+  """The latest checkpoint as ``(state, data_state)``, or None if none.
+
+  With ``with_meta=True``: ``(state, data_state, meta)``, ``meta`` the
+  ``save_checkpoint`` record (``{}`` for a checkpoint saved without one).
+  """
   import orbax.checkpoint as ocp
   step = manager.latest_step()
   if step is None:
     return None
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-  return restored.state, dict(restored.data)
+  items = dict(state=ocp.args.StandardRestore(abstract),
+               data=ocp.args.JsonRestore())
+  has_meta = with_meta and 'meta' in _saved_items(manager, step)
+  if has_meta:
+    items['meta'] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  if not with_meta:
+    return restored.state, dict(restored.data)
+  meta = dict(restored.meta) if has_meta else {}
+  return restored.state, dict(restored.data), meta
+
+
+def _saved_items(manager, step: int) -> set[str]:
+  """The item names a checkpoint holds (its step directory's entries)."""
+  return set(manager.item_metadata(step).keys())
+
+
+# -- the log, signals ---------------------------------------------------------------
+
+
+def _record_step(record: Mapping[str, Any]) -> int | None:
+  """The step a ``log.jsonl`` record belongs to (None: the config line)."""
+  if 'step' in record:
+    return int(record['step'])
+  for value in record.values():
+    if isinstance(value, Mapping) and 'step' in value:
+      return int(value['step'])
+  return None
+
+
+def _truncate_log(path: pathlib.Path, step: int | None) -> None:
+  """Keeps the records of ``path`` up to ``step`` (None: none at all).
+
+  A resumed run restarts after its checkpoint's step: the lines a killed run
+  wrote after that checkpoint are dropped, to be written again (identically)
+  as the steps are recomputed; a line cut short by the kill is dropped too.
+  """
+  kept = []
+  if step is not None and path.exists():
+    for line in path.read_text().splitlines():
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      at = _record_step(record) if isinstance(record, dict) else None
+      if at is None or at <= step:
+        kept.append(line + '\n')
+  tmp = path.with_name(path.name + '.tmp')
+  with open(tmp, 'w') as f:
+    f.writelines(kept)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _floats(values) -> list[float]:
+  """float32 values as the shortest decimals that read back the same."""
+  return [float(str(v)) for v in np.asarray(values).reshape(-1)]
+
+
+def _step_records(chunk: Mapping[str, np.ndarray], first: int
+                  ) -> Iterator[dict[str, Any]]:
+  """One ``log.jsonl`` record per step of ``chunk`` (steps first, ...)."""
+  for i in range(len(chunk['losses'])):
+    record = {'step': first + i,
+              'losses': _floats(chunk['losses'][i]),
+              'weights': _floats(chunk['weights'][i]),
+              'skipped': bool(chunk['skipped'][i]),
+              'learning_rate': _floats(chunk['learning_rate'][i])[0]}
+    for field, values in chunk.items():   # the Gramian diagnostics
+      if field not in record and field != 'losses':
+        record[field] = _floats(values[i])[0]
+    yield record
+
+
+def _eval_summary(metrics: Mapping[str, Mapping[str, float]], limit: int = 4
+                  ) -> str:
+  """A short text of an evaluation for the progress bar.
+
+  Two tasks or fewer: ``task/metric=value`` each; more: each metric's mean
+  over the tasks that report it; at most ``limit`` entries (example counts
+  left out).
+  """
+  if len(metrics) <= 2:
+    items = [(f'{task}/{name}', value) for task, values in metrics.items()
+             for name, value in values.items() if name != 'count']
+  else:
+    pooled: dict[str, list[float]] = {}
+    for values in metrics.values():
+      for name, value in values.items():
+        if name != 'count':
+          pooled.setdefault(name, []).append(value)
+    items = [(f'mean/{name}', float(np.mean(v))) for name, v in pooled.items()]
+  return ' '.join(f'{k}={v:.4g}' for k, v in items[:limit])
+
+
+class _StopSignals:
+  """SIGTERM/SIGINT handlers for the loop: the first signal only records
+  itself (the loop checkpoints at the next step boundary and returns); a
+  second one stops at once (KeyboardInterrupt / SystemExit). The previous
+  handlers are back on exit. With ``install=False``, or outside the main
+  thread (where Python cannot install handlers), nothing is installed."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self, install: bool = True):
+    self.received: str | None = None
+    self._install = install
+    self._previous: dict[int, Any] = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None:
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+      raise SystemExit(128 + signum)
+    self.received = signal.Signals(signum).name
+
+  def __enter__(self):
+    if self._install and threading.current_thread() is threading.main_thread():
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous.clear()
+    return False
+
+
+def _any_process(flags: tuple[bool, ...]) -> tuple[bool, ...]:
+  """``flags`` or-ed over all processes (a collective when there are
+  several), so that every process checkpoints and stops at the same step."""
+  if jax.process_count() == 1:
+    return flags
+  from jax.experimental import multihost_utils
+  gathered = multihost_utils.process_allgather(np.asarray(flags, np.int32))
+  return tuple(bool(x) for x in
+               np.asarray(gathered).reshape(-1, len(flags)).any(axis=0))
 
 
 # -- the loop ---------------------------------------------------------------------
@@ -448,11 +639,26 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
           mesh: jax.sharding.Mesh | None = None) -> TrainResult:
   """Trains ``config``; resumes from ``workdir``'s latest checkpoint.
 
+  With a ``workdir``, a run survives being killed: checkpoints are saved
+  every ``config.checkpoint_every_steps`` steps and every
+  ``config.checkpoint_every_seconds`` seconds (asynchronously), and SIGTERM
+  or SIGINT (handlers installed for the call only, in the main thread) make
+  the loop save at the next step boundary and return with
+  ``interrupted`` set (a second signal stops at once). ``log.jsonl`` holds
+  the config, one record per step (``step``, ``losses``, ``weights``,
+  ``skipped``, ``learning_rate`` and the Gramian diagnostics), one per
+  evaluation (``{'eval': {'step', 'metrics'}}``) and ``resumed`` /
+  ``interrupted`` events, written and flushed every ``log_every_steps``
+  steps; a resumed run first drops the records after its checkpoint's step,
+  so the log holds every step exactly once however the run was stopped.
+
   Args:
     config: the run.
     workdir: where checkpoints and ``log.jsonl`` go (None: nowhere, no
       checkpoints).
-    progress: show a tqdm progress bar with the live task losses.
+    progress: show a tqdm progress bar with the live task losses, the
+      dominance rate and the latest evaluation (also written above the bar
+      at each evaluation).
     data_fn: ``data_fn(split, *, batch_size, seed, shuffle, num_epochs,
       drop_remainder, state=None)`` -> batch iterator with ``get_state()``;
       default ``mtl_optax.data.load`` on ``config.dataset``.
@@ -471,8 +677,11 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
   Returns:
     A ``TrainResult``: the final state, the per-step history of this call
     (losses, weights, diagnostics, skipped, learning rate), the evaluations
-    and the mean seconds per training step (the first two steps, evaluation
-    and checkpoints excluded; the input pipeline included).
+    of the whole run (those of earlier, resumed calls are kept with the
+    checkpoint), the mean seconds per training step over the whole run (the
+    first two steps of each call, evaluation and checkpoints excluded; the
+    input pipeline included) and ``interrupted``: the signal's name if a
+    signal stopped the run early.
   """
   data_fn = data_fn or (lambda split, **kw: _default_data(config, split, **kw))
   manager = _checkpoint_manager(workdir) if workdir is not None else None
@@ -488,9 +697,13 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
   experiment = build(config, num_train_examples=num_train_examples)
   # The step donates its input state: keep the experiment's own intact.
   state = jax.tree.map(jnp.copy, experiment.init_state)
-  restored = restore_checkpoint(manager, state) if manager else None
+  restored = (restore_checkpoint(manager, state, with_meta=True)
+              if manager else None)
+  meta: dict[str, Any] = {}
   if restored is not None:
-    state, data_state = restored
+    state, data_state, meta = restored
+    if hasattr(stream, 'close'):
+      stream.close()
     stream = train_stream(state=data_state)
   place = place_eval = lambda batch: batch
   if mesh is not None:
@@ -511,48 +724,77 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
         return place(batch)
       return jax.device_put(batch, replicated)
 
+  first_step = int(state.step)
+  main_process = jax.process_index() == 0
   log_file = None
-  if workdir is not None:
+
+  def write_log(record):
+    if log_file is not None:
+      log_file.write(json.dumps(record, default=str) + '\n')
+
+  if workdir is not None and main_process:
     pathlib.Path(workdir).mkdir(parents=True, exist_ok=True)
-    log_file = open(pathlib.Path(workdir) / 'log.jsonl', 'a')
+    log_path = pathlib.Path(workdir) / 'log.jsonl'
+    # Records after the checkpoint's step (a run killed since) are dropped:
+    # they are written again as those steps are recomputed.
+    _truncate_log(log_path, None if restored is None else first_step)
+    log_file = open(log_path, 'a')
     if restored is None:
-      log_file.write(json.dumps({'config': config.to_dict()},
-                                default=str) + '\n')
+      write_log({'config': config.to_dict()})
+    else:
+      write_log({'resumed': {'step': first_step, 'time': time.time()}})
+      print(f'resumed from step {first_step}'
+            + (' (the run is complete)' if first_step >= experiment.num_steps
+               else ''), file=sys.stderr, flush=True)
+    log_file.flush()
 
   eval_every = max(int(round(config.eval_every_epochs *
                              experiment.steps_per_epoch)), 1)
   last_step = experiment.num_steps if stop_after is None else min(
       stop_after, experiment.num_steps)
-  first_step = int(state.step)
+  evaluations: list[dict[str, Any]] = list(meta.get('evaluations', ()))
   bar = None
   if progress:
     from tqdm.auto import tqdm
     bar = tqdm(total=experiment.num_steps, initial=first_step,
                desc=f'{config.method} ({config.level})', unit='step')
+  postfix: dict[str, Any] = {}
+  if evaluations:
+    postfix['eval'] = _eval_summary(evaluations[-1]['metrics'])
 
   history: dict[str, list[np.ndarray]] = {}
   pending: list[StepLog] = []
-  evaluations: list[dict[str, Any]] = []
+  logged = [first_step]        # the last step whose record is written
+  # Seconds and steps timed by earlier calls of this run (kept with the
+  # checkpoint), and this call's clock.
+  timed_before = (float(meta.get('timed_seconds', 0.0)),
+                  int(meta.get('timed_steps', 0)))
   timing = {'start': None, 'steps': 0, 'excluded': 0.0}
 
+  def timed(now: float) -> tuple[float, int]:
+    """Seconds and steps timed until ``now``, this call's and earlier's."""
+    seconds, steps = timed_before
+    if timing['start'] is not None and timing['steps']:
+      seconds += now - timing['start'] - timing['excluded']
+      steps += timing['steps']
+    return seconds, steps
+
   def flush():
+    """Hands the pending steps to the history, the bar and the log."""
     if not pending:
       return
     chunk = _to_host(pending)
     for k, v in chunk.items():
       history.setdefault(k, []).append(v)
     if bar is not None:
-      bar.set_postfix(loss=' '.join(f'{x:.3f}' for x in chunk['losses'][-1]
-                                    [:4]), dominance=float(
-                                        chunk['dominance_rate'][-1]))
+      postfix['loss'] = ' '.join(f'{x:.3f}' for x in chunk['losses'][-1][:4])
+      postfix['dominance'] = f"{float(chunk['dominance_rate'][-1]):.3g}"
+      bar.set_postfix(postfix, refresh=False)
     if log_file is not None:
-      log_file.write(json.dumps({
-          'step': int(state.step),
-          'losses': chunk['losses'][-1].tolist(),
-          'weights': chunk['weights'][-1].tolist(),
-          'dominance_rate': float(chunk['dominance_rate'][-1]),
-          'skipped_in_window': int(chunk['skipped'].sum()),
-      }) + '\n')
+      for record in _step_records(chunk, logged[0] + 1):
+        write_log(record)
+      log_file.flush()
+    logged[0] += len(pending)
     pending.clear()
 
   def run_eval():
@@ -565,49 +807,101 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
     result = {'step': int(state.step),
               'metrics': evaluate(experiment, state, map(place_eval, batches))}
     evaluations.append(result)
+    if bar is not None:
+      postfix['eval'] = _eval_summary(result['metrics'])
+      bar.set_postfix(postfix, refresh=False)
+      bar.write(f"step {result['step']}: "
+                f"{_eval_summary(result['metrics'], limit=1_000)}",
+                file=sys.stderr)
     if log_file is not None:
-      log_file.write(json.dumps({'eval': result}) + '\n')
+      write_log({'eval': result})
+      log_file.flush()
 
+  saved_timing = {}       # step -> the timing a checkpoint stored
+
+  def checkpoint(now: float):
+    seconds, steps = timed(now)
+    saved_timing[int(state.step)] = seconds, steps
+    save_checkpoint(manager, state, stream.get_state(), wait=False, meta={
+        'evaluations': list(evaluations), 'timed_seconds': seconds,
+        'timed_steps': steps})
+    if log_file is not None:      # the log holds every step of the checkpoint
+      os.fsync(log_file.fileno())
+
+  interrupted = None
+  # Without a workdir there is nothing to save: signals act as usual.
+  stop = _StopSignals(install=manager is not None)
+  every_steps = config.checkpoint_every_steps
+  every_seconds = config.checkpoint_every_seconds
+  last_save = time.monotonic()
   try:
-    for step in range(first_step, last_step):
-      batch = place(next(stream))
-      state, log = experiment.train_step(state, batch)
-      pending.append(log)
-      if (step + 1) % config.log_every_steps == 0 or step + 1 == last_step:
-        flush()
-      if step == first_step + 1:      # compiled and warm: start the clock
-        jax.block_until_ready(state.step)
-        timing['start'], timing['steps'] = time.perf_counter(), 0
-      elif timing['start'] is not None:
-        timing['steps'] += 1
-      if bar is not None:
-        bar.update(1)
-      done = step + 1
-      evaluate_now = done % eval_every == 0 or done == experiment.num_steps
-      checkpoint_now = manager is not None and (
-          (config.checkpoint_every_steps and
-           done % config.checkpoint_every_steps == 0) or done == last_step)
-      if evaluate_now or checkpoint_now:
-        jax.block_until_ready(state)   # the steps so far count as training
-        tick = time.perf_counter()
-        if evaluate_now:
+    with stop:
+      for step in range(first_step, last_step):
+        batch = place(next(stream))
+        state, log = experiment.train_step(state, batch)
+        pending.append(log)
+        done = step + 1
+        log_now = done % config.log_every_steps == 0 or done == last_step
+        if log_now:
           flush()
-          run_eval()
-        if checkpoint_now:
-          save_checkpoint(manager, state, stream.get_state())
-        timing['excluded'] += time.perf_counter() - tick
+        if step == first_step + 1:      # compiled and warm: start the clock
+          jax.block_until_ready(state.step)
+          timing['start'], timing['steps'] = time.perf_counter(), 0
+        elif timing['start'] is not None:
+          timing['steps'] += 1
+        if bar is not None:
+          bar.update(1)
+        # A signal, or the time interval: every process decides together
+        # (at log steps when there are several: a collective).
+        stop_now = time_due = False
+        if log_now or jax.process_count() == 1:
+          stop_now, time_due = _any_process((
+              stop.received is not None,
+              manager is not None and every_seconds is not None
+              and time.monotonic() - last_save >= every_seconds))
+        evaluate_now = done % eval_every == 0 or done == experiment.num_steps
+        checkpoint_now = manager is not None and (
+            bool(every_steps and done % every_steps == 0) or
+            done == last_step or time_due or stop_now)
+        if evaluate_now or checkpoint_now:
+          jax.block_until_ready(state)   # the steps so far count as training
+          tick = time.perf_counter()
+          flush()
+          if evaluate_now:
+            run_eval()
+          if checkpoint_now:
+            checkpoint(tick)
+            last_save = time.monotonic()
+          timing['excluded'] += time.perf_counter() - tick
+        if stop_now:
+          interrupted = stop.received or 'a signal to another process'
+          break
     flush()
     jax.block_until_ready(state.step)
-    seconds_per_step = math.nan
-    if timing['start'] is not None and timing['steps']:
-      seconds_per_step = (time.perf_counter() - timing['start'] -
-                          timing['excluded']) / timing['steps']
+    # As stored with the last checkpoint, so that the run reports the same
+    # figure when it is run again, complete.
+    seconds, steps = saved_timing.get(int(state.step)) or timed(
+        time.perf_counter())
+    seconds_per_step = seconds / steps if steps else math.nan
+    if interrupted is not None:
+      write_log({'interrupted': {'step': int(state.step),
+                                 'signal': interrupted, 'time': time.time()}})
+      if main_process:
+        message = (f'interrupted by {interrupted} at step {int(state.step)}: '
+                   'checkpoint saved; run again to resume')
+        if bar is not None:
+          bar.write(message, file=sys.stderr)
+        else:
+          print(message, file=sys.stderr, flush=True)
   finally:
     if bar is not None:
       bar.close()
+    if manager is not None:      # the last (asynchronous) save is on disk
+      manager.wait_until_finished()
+      manager.close()
     if log_file is not None:
       log_file.close()
     if hasattr(stream, 'close'):
       stream.close()
   return TrainResult(state, _concat(history) if history else {}, evaluations,
-                     seconds_per_step)
+                     seconds_per_step, interrupted)
