@@ -11,8 +11,8 @@ paper's Table 2.
 
 Examples::
 
-    # prepare MultiMNIST once from the four MNIST IDX files (or let the
-    # builder download them where there is internet)
+    # prepare MultiMNIST once from the four MNIST IDX files (or, where there
+    # is internet, download them: --download instead of --mnist-dir)
     python -m mtl_optax.data.multi_mnist --mnist-dir MNIST_DIR --data-dir DATA
     # CPU-sized run of the default method list (what benchmarks/results holds)
     python benchmarks/multi_mnist.py --data-dir DATA --epochs 2
@@ -152,6 +152,10 @@ def main(argv=None):
   methods = [m.strip() for m in args.methods.split(',') if m.strip()]
   for spec in methods:
     parse_method(spec)
+  # Before any training: an unprepared --data-dir fails here, with the
+  # command that prepares it.
+  from mtl_optax import data
+  data.num_examples('multi_mnist', 'test', data_dir=args.data_dir)
   rates = (mnist_config.LEARNING_RATE_GRID if args.lr_grid
            else (args.learning_rate,))
   out = pathlib.Path(args.out)

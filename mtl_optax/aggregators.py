@@ -129,6 +129,39 @@ def _check_extra_args(extra: dict[str, Any]) -> None:
         f'{jnp.shape(losses)}.')
 
 
+def check_stacked(grads: PyTree, params: PyTree | None = None) -> None:
+  """Refuses updates that are not stacked per-task gradients, when it shows.
+
+  With ``params`` given, updates whose every leaf has the shape of the
+  corresponding parameter (no leading task axis) are one gradient, not ``T``:
+  what an aggregator receives after ``optax.adam`` or another aggregator in
+  the same chain. (Without ``params`` the leading axes are checked by
+  ``num_tasks``.)
+
+  Args:
+    grads: the updates an aggregator received.
+    params: the parameters given to ``update``, or None.
+
+  Raises:
+    ValueError: saying what was expected, what was received and the fix.
+  """
+  if params is None:
+    return
+  g_leaves, g_def = jax.tree.flatten(grads)
+  p_leaves, p_def = jax.tree.flatten(params)
+  if not g_leaves or g_def != p_def:
+    return
+  if all(jnp.shape(g) == jnp.shape(p) for g, p in zip(g_leaves, p_leaves)):
+    raise ValueError(
+        "The aggregator received updates with the parameters' shapes: "
+        f'{gram_lib.describe_shapes(grads)}; it '
+        f'{gram_lib.EXPECTED_STACKED}, e.g. (T, ...) where the parameter is '
+        "(...). An mtl_optax aggregator must come first in the chain, on the "
+        'stacked per-task gradients: optax.chain(mtl.aligned_mtl(), '
+        'optax.adam(1e-3)), not after optax.adam or another aggregator; '
+        'compute the gradients with mtl.value_and_jacobian, not jax.grad.')
+
+
 def _build(
     direction_fn: DirectionFn,
     *,
@@ -164,12 +197,14 @@ def _build(
     )
 
   def update_fn(grads, state, params=None, **extra):
-    del params
+    check_stacked(grads, params)
     t = gram_lib.num_tasks(grads)
     if num_tasks is not None and t != num_tasks:
       raise ValueError(
           f'The stacked gradients have {t} tasks on their leading axis but '
-          f'the aggregator was built for {num_tasks}.')
+          f'the aggregator was built for num_tasks={num_tasks}: it '
+          f'{gram_lib.EXPECTED_STACKED} = {num_tasks}. Received: '
+          f'{gram_lib.describe_shapes(grads)}. {gram_lib.CHAIN_HINT}')
     _check_extra_args(extra)
     # Every contraction of the weighting (T×T products in the solvers) at
     # full precision: on GPUs/TPUs JAX's default rounds float32 inputs to

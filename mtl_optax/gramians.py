@@ -35,7 +35,8 @@ nothing and come back zero-size.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import sys
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +68,40 @@ def accumulation_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
+# What every entry point that takes stacked gradients expects, and the usual
+# way to get something else (quoted in the errors below).
+EXPECTED_STACKED = (
+    'expected stacked per-task gradients (from mtl_optax.value_and_jacobian): '
+    'every leaf with a leading task axis T')
+CHAIN_HINT = (
+    "Gradients from jax.grad, or the output of another transformation "
+    "(optax.adam, or a second aggregator), have the parameters' shapes: an "
+    'mtl_optax aggregator must come first in the chain, on the stacked '
+    'per-task gradients, e.g. optax.chain(mtl.aligned_mtl(), optax.adam(1e-3)).')
+
+
+def describe_shapes(tree: PyTree, *, limit: int = 4,
+                    include: Sequence[tuple] = ()) -> str:
+  """The leaves' key paths and shapes, briefly: ``['a'] (2, 3), ['b'] (3,)``.
+
+  Args:
+    tree: any pytree of arrays.
+    limit: how many leaves to list (the others are counted).
+    include: key paths to list even past ``limit`` (e.g. the leaf at fault).
+
+  Returns:
+    A one-line description.
+  """
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  shown = [(p, x) for i, (p, x) in enumerate(leaves)
+           if i < limit or p in include]
+  text = ', '.join(f'{jax.tree_util.keystr(p)} {tuple(jnp.shape(x))}'.strip()
+                   for p, x in shown)
+  if len(shown) < len(leaves):
+    text += f', ... ({len(leaves)} leaves in all)'
+  return text
+
+
 def num_tasks(stacked: PyTree) -> int:
   """The size ``T`` of the leading task axis, checked to agree on every leaf.
 
@@ -78,28 +113,147 @@ def num_tasks(stacked: PyTree) -> int:
 
   Raises:
     ValueError: naming the first leaf that is a scalar or whose leading axis
-      disagrees with the first leaf's.
+      disagrees with the first leaf's, with the leaves' shapes and what is
+      expected instead.
   """
   leaves = jax.tree_util.tree_leaves_with_path(stacked)
   if not leaves:
-    raise ValueError('The stacked gradients have no leaves.')
+    raise ValueError(f'The stacked gradients have no leaves; {EXPECTED_STACKED}.')
   first_path, first = leaves[0]
   for path, leaf in leaves:
     if jnp.ndim(leaf) == 0:
       raise ValueError(
-          f'Leaf {jax.tree_util.keystr(path)} is a scalar; every leaf of the '
-          'stacked gradients needs a leading task axis (use '
-          'mtl_optax.value_and_jacobian or jax.jacrev to build them).')
+          f'Leaf {jax.tree_util.keystr(path)} is a scalar, with no task axis: '
+          f'mtl_optax {EXPECTED_STACKED}. Received: '
+          f'{describe_shapes(stacked, include=(path,))}. {CHAIN_HINT}')
     if leaf.shape[0] != first.shape[0]:
       raise ValueError(
-          f'Leaf {jax.tree_util.keystr(path)} has {leaf.shape[0]} tasks on its '
-          f'leading axis but leaf {jax.tree_util.keystr(first_path)} has '
-          f'{first.shape[0]}; all leaves must stack the same tasks.')
+          f'Leaf {jax.tree_util.keystr(path)} has leading axis '
+          f'{leaf.shape[0]} but leaf {jax.tree_util.keystr(first_path)} has '
+          f'{first.shape[0]}: mtl_optax {EXPECTED_STACKED}, the same T on '
+          f'all leaves. Received: {describe_shapes(stacked, include=(path,))}. '
+          f'{CHAIN_HINT}')
   return int(first.shape[0])
+
+
+# -- `shared` masks -----------------------------------------------------------
+
+_PREDICATE_HINT = (
+    "A mask is a pytree of bools with the parameters' structure or a prefix "
+    "of it ({'encoder': True, 'heads': False}); or pass a predicate, "
+    "shared=lambda path, leaf: path[0].key == 'encoder', or, for "
+    'mtl_optax.models, models.functional(model).shared_mask.')
+
+
+def _nnx():
+  """``flax.nnx`` if it is imported (an NNX object exists only then), else
+  None: the core never imports flax itself."""
+  return sys.modules.get('flax.nnx')
+
+
+def _is_nnx_node(x) -> bool:
+  nnx = _nnx()
+  return nnx is not None and isinstance(x, (nnx.State, nnx.Variable))
+
+
+def _pure(tree: PyTree) -> PyTree:
+  """``tree`` with every ``nnx.State`` turned into a dict and every
+  ``nnx.Variable`` into its value (what ``nnx.to_pure_dict`` gives, but
+  keeping empty sub-states and any other container around them). The
+  leaves are the same objects, in the same order."""
+  if _nnx() is None:
+    return tree
+
+  def one(x):
+    if not _is_nnx_node(x):
+      return x
+    if isinstance(x, _nnx().Variable):
+      value = x.get_value() if hasattr(x, 'get_value') else x.value
+      return _pure(value)
+    return {k: _pure(v) for k, v in x.items()}
+
+  return jax.tree.map(one, tree, is_leaf=_is_nnx_node)
+
+
+def _has_nnx(tree: PyTree) -> bool:
+  if _nnx() is None:
+    return False
+  return any(_is_nnx_node(x)
+             for x in jax.tree.leaves(tree, is_leaf=_is_nnx_node))
+
+
+def _prefix_map(shared: PyTree, tree: PyTree) -> PyTree:
+  """Each entry of the prefix ``shared`` broadcast over its subtree."""
+  return jax.tree.map(
+      lambda m, sub: jax.tree.map(lambda _: m, sub), shared, tree)
+
+
+def _short_list(items, limit: int = 6) -> str:
+  items = sorted(items, key=repr)
+  text = ', '.join(repr(k) for k in items[:limit])
+  return f'[{text}{", ..." if len(items) > limit else ""}]'
+
+
+def _first_mismatch(mask, tree, path: tuple = ()) -> tuple[tuple, str] | None:
+  """``(key path, what differs)`` at the first place where ``mask`` is not a
+  prefix of ``tree`` (both without NNX nodes), or None."""
+  if mask is not None and jax.tree_util.treedef_is_leaf(
+      jax.tree.structure(mask)):
+    return None     # one entry for the whole subtree
+  if isinstance(mask, Mapping) and isinstance(tree, Mapping):
+    missing, extra = set(tree) - set(mask), set(mask) - set(tree)
+    if missing or extra:
+      parts = []
+      if missing:
+        parts.append(f'missing from the mask: {_short_list(missing)}')
+      if extra:
+        parts.append(f'not in the gradients: {_short_list(extra)}')
+      return path, 'keys ' + '; '.join(parts)
+    for k in sorted(tree, key=repr):
+      found = _first_mismatch(mask[k], tree[k],
+                              path + (jax.tree_util.DictKey(k),))
+      if found:
+        return found
+    return None
+  if (isinstance(mask, (list, tuple)) and isinstance(tree, (list, tuple))
+      and type(mask) is type(tree)):
+    if len(mask) != len(tree):
+      return path, (f'the mask has {len(mask)} entries, the gradients '
+                    f'{len(tree)}')
+    for i, (m, t) in enumerate(zip(mask, tree)):
+      found = _first_mismatch(m, t, path + (jax.tree_util.SequenceKey(i),))
+      if found:
+        return found
+    return None
+  if type(mask) is not type(tree):
+    return path, (f'the mask has a {type(mask).__name__} where the gradients '
+                  f'have a {type(tree).__name__}')
+  return path, f'the {type(mask).__name__} nodes differ'
+
+
+def _mask_mismatch(shared: PyTree, tree: PyTree) -> ValueError:
+  pure_mask, pure_tree = _pure(shared), _pure(tree)
+  found = _first_mismatch(pure_mask, pure_tree)
+  if found is None:    # not expected; fall back to the structures
+    where, what = 'at the top level', (
+        f'mask {jax.tree.structure(pure_mask)}, gradients '
+        f'{jax.tree.structure(pure_tree)}')
+  else:
+    path, what = found
+    where = (f'at {jax.tree_util.keystr(path)}' if path
+             else 'at the top level')
+  return ValueError(
+      f'The `shared` mask does not match the gradients {where}: {what}. '
+      f'{_PREDICATE_HINT}')
 
 
 def resolve_shared_mask(shared: SharedMask, tree: PyTree) -> PyTree:
   """Turns ``shared`` into a pytree of Python bools with ``tree``'s structure.
+
+  Flax NNX containers are understood on either side: an ``nnx.State`` (or
+  ``nnx.Variable``) is matched as the plain dict (value) it holds, so
+  ``{'encoder': True, 'heads': False}`` is a mask for gradients that are an
+  ``nnx.State`` with those two keys (flax is not imported for this).
 
   Args:
     shared: ``None`` (every leaf shared), a pytree of bools with the structure
@@ -111,7 +265,8 @@ def resolve_shared_mask(shared: SharedMask, tree: PyTree) -> PyTree:
     A pytree of bools with exactly ``tree``'s structure.
 
   Raises:
-    ValueError: if a mask pytree does not match ``tree``, naming the place.
+    ValueError: if a mask pytree does not match ``tree``, naming the first
+      place where they differ.
     TypeError: if a mask entry is not a bool.
   """
   if shared is None:
@@ -120,14 +275,13 @@ def resolve_shared_mask(shared: SharedMask, tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: bool(shared(path, leaf)), tree)
   try:
-    mask = jax.tree.map(
-        lambda m, sub: jax.tree.map(lambda _: m, sub), shared, tree)
-  except ValueError as e:
-    raise ValueError(
-        'The `shared` mask does not match the gradients: it must have the '
-        'same structure as the parameters, or be a prefix of it. Mask: '
-        f'{jax.tree.structure(shared)}; gradients: {jax.tree.structure(tree)}. '
-        f'({e})') from None
+    mask = _prefix_map(shared, tree)
+  except ValueError:
+    mask = None
+    if _has_nnx(shared) or _has_nnx(tree):
+      mask = _resolve_pure(shared, tree)
+    if mask is None:
+      raise _mask_mismatch(shared, tree) from None
 
   def check(path, m):
     if not isinstance(m, bool) and not (
@@ -138,6 +292,23 @@ def resolve_shared_mask(shared: SharedMask, tree: PyTree) -> PyTree:
     return bool(m)
 
   return jax.tree_util.tree_map_with_path(check, mask)
+
+
+def _resolve_pure(shared: PyTree, tree: PyTree) -> PyTree | None:
+  """The mask matched on the NNX-free forms, with ``tree``'s structure; None
+  if it does not match there either."""
+  pure_tree = _pure(tree)
+  try:
+    pure_mask = _prefix_map(_pure(shared), pure_tree)
+  except ValueError:
+    return None
+  leaves = jax.tree.leaves(tree)
+  pure_leaves = jax.tree.leaves(pure_tree)
+  flags = jax.tree.leaves(pure_mask)
+  if (len(flags) != len(leaves) or len(pure_leaves) != len(leaves)
+      or any(a is not b for a, b in zip(leaves, pure_leaves))):
+    return None
+  return jax.tree.unflatten(jax.tree.structure(tree), flags)
 
 
 def _chunk_columns(num_rows: int) -> int:

@@ -156,6 +156,27 @@ def value_and_jacobian(
   return wrapped
 
 
+def _check_aggregated(update: PyTree, like: PyTree, where: str,
+                      what: str) -> None:
+  """Checks that an aggregator's output has ``like``'s structure and shapes.
+
+  An optimizer (``optax.adam``) passed where an aggregator is expected keeps
+  the leading task axis of what it receives; this says so instead of letting
+  the next VJP fail on a cotangent of the wrong shape.
+  """
+  ok = jax.tree.structure(update) == jax.tree.structure(like) and all(
+      jnp.shape(u) == jnp.shape(x)
+      for u, x in zip(jax.tree.leaves(update), jax.tree.leaves(like)))
+  if not ok:
+    raise ValueError(
+        f'{where}: the aggregator must map the stacked per-task gradients '
+        f'(every leaf [T, ...]) to one update with the shapes of {what}: '
+        f'expected {gram_lib.describe_shapes(like)}; it returned '
+        f'{gram_lib.describe_shapes(update)}. Pass an mtl_optax aggregator '
+        '(e.g. mtl.aligned_mtl()), not an optimizer such as optax.adam; '
+        'chain the optimizer after this step, on its gradients.')
+
+
 class RepresentationGrads(NamedTuple):
   """Result of one representation-level step."""
   losses: jax.Array               # [T]
@@ -244,6 +265,8 @@ def representation_grads(
     extra.setdefault('losses', losses)
     z_cotangent, aggregator_state = aggregator.update(
         z_jacobian, aggregator_state, None, **extra)
+    _check_aggregated(z_cotangent, z, 'representation_grads',
+                      'the representation z')
     z_cotangent = jax.tree.map(lambda c, zz: c.astype(zz.dtype), z_cotangent,
                                z)
     (encoder_grads,) = encoder_vjp(z_cotangent)
@@ -644,6 +667,10 @@ def jacobian_free_grads(
     extra.setdefault('losses', losses)
     update, new_state = aggregator.update(stand_in, aggregator_state, None,
                                           **extra)
+    _check_aggregated(update, jax.tree.map(lambda x: x[0], stand_in),
+                      'jacobian_free_grads',
+                      "one task's slice of the (stand-in) gradients it "
+                      'receives')
     flat = jax.tree.leaves(update)
     slot = {m: next((u for u, f in zip(flat, problem.flags) if f == m), None)
             for m in (True, False)}

@@ -11,8 +11,9 @@ Sources (``data_source(split, source=...)``), both with the records
 
 * ``'cifar100_mt'`` (default): this module's builder ``Cifar100Mt``, prepared
   without TensorFlow from ``cifar-100-binary.tar.gz`` (the file tfds'
-  ``cifar100`` uses; taken from the manual directory or downloaded from
-  ``CIFAR100_URL``, SHA256-checked), records in file order. Preparation
+  ``cifar100`` uses; taken from the manual directory or, only when asked
+  (``--download``, ``download=True``), downloaded from ``CIFAR100_URL``;
+  SHA256-checked), records in file order. Preparation
   checks every record's ``coarse_label`` against ``FINE_TO_COARSE``.
 * ``'tfds'``: tfds' own ``cifar100``, if prepared in ArrayRecord format (its
   ``download_and_prepare`` needs TensorFlow to encode the PNGs; reading does
@@ -128,8 +129,8 @@ class Cifar100Mt(builder_base.ArrayRecordBuilder,
   VERSION = tfds.core.Version('1.0.0')
   FILES = {CIFAR100_FILE: (CIFAR100_URL,) + CIFAR100_SHA256}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      f'Optional: a directory holding {CIFAR100_FILE}; without it the file is '
-      f'downloaded from {CIFAR100_URL}.')
+      f'A directory holding {CIFAR100_FILE}; or download it from '
+      f'{CIFAR100_URL} (download=True).')
 
   def _info(self) -> tfds.core.DatasetInfo:
     t = tfds.features.Tensor

@@ -188,6 +188,7 @@ class CityscapesMtl(builder_base.ArrayRecordBuilder,
   """Cityscapes images, label ids, instance offsets and disparity (no TF)."""
 
   name = 'cityscapes_mtl'
+  PREPARE_NAME = 'cityscapes'
   VERSION = tfds.core.Version('1.0.0')
   # 256×512: the three-task set-up (MGDA-UB, Aligned-MTL); 128×256: MTAN's
   # two-task set-up (followed by CAGrad and Aligned-MTL).

@@ -27,14 +27,17 @@ Records, in index order (``disable_shuffling``): ``image`` uint8 [28, 28, 1],
 ``{'image': float32 [B, 28, 28, 1] = uint8 / 255 (range [0, 1], no mean/std
 standardisation), 'left': int32 [B], 'right': int32 [B]}``.
 
-Sources: the four MNIST IDX files, read from a manual directory (e.g.
-``--mnist-dir``) when it holds them, else downloaded from
-``https://storage.googleapis.com/cvdf-datasets/mnist/`` (tfds' MNIST mirror);
-either way their SHA256 is checked against ``MNIST_SHA256``.
+Sources: the four MNIST IDX files, read from a manual directory
+(``--mnist-dir``), or downloaded from
+``https://storage.googleapis.com/cvdf-datasets/mnist/`` (tfds' MNIST mirror)
+only when asked (``--download``, ``prepare(download=True)``); a missing
+directory or file is an immediate ``FileNotFoundError``. Either way their
+SHA256 is checked against ``MNIST_SHA256``.
 
 Prepare (no TensorFlow; ArrayRecord files, 36 MB; about 12 s of CPU)::
 
     python -m mtl_optax.data.multi_mnist --mnist-dir DIR --data-dir OUT
+    python -m mtl_optax.data.multi_mnist --download --data-dir OUT
 """
 
 from __future__ import annotations
@@ -260,8 +263,9 @@ class MultiMnist(builder_base.ArrayRecordBuilder,
   RELEASE_NOTES = {'1.0.0': '36x36 canvas, offsets (0,0)/(8,8), max, area '
                             'resize to 28x28; pairing seeds train 0, test 1.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'Optional: a directory holding ' + ', '.join(MNIST_FILES.values()) +
-      '. Without it the files are downloaded from ' + MNIST_URL + '.')
+      'A directory holding ' + ', '.join(MNIST_FILES.values()) +
+      '; or download them from ' + MNIST_URL + ' (download=True).')
+  MANUAL_DIR_OPTION = '--mnist-dir / mnist_dir='
 
   FILES = {name: (MNIST_URL + name, size, digest)
            for name, (size, digest) in MNIST_SHA256.items()}
@@ -278,6 +282,11 @@ class MultiMnist(builder_base.ArrayRecordBuilder,
         homepage='https://arxiv.org/abs/1810.04650',
         disable_shuffling=True,
     )
+
+  def prepare_command(self, data_dir: str) -> str:
+    """The README's command that prepares MultiMNIST in ``data_dir``."""
+    return (f'python -m mtl_optax.data.multi_mnist --data-dir {data_dir} '
+            '--mnist-dir DIR  (or --download instead of --mnist-dir)')
 
   def _split_generators(self, dl_manager):
     paths = self._fetch_files(dl_manager)
@@ -299,19 +308,30 @@ class MultiMnist(builder_base.ArrayRecordBuilder,
 
 def prepare(*, data_dir: str | os.PathLike,
             mnist_dir: str | os.PathLike | None = None,
-            verify_checksums: bool = True) -> MultiMnist:
+            verify_checksums: bool = True,
+            download: bool = False) -> MultiMnist:
   """Prepares MultiMNIST in ``data_dir`` (no-op if already there).
 
   Args:
     data_dir: tfds data directory to write ``multi_mnist/1.0.0`` into.
-    mnist_dir: directory with the four MNIST IDX files (else downloaded).
+    mnist_dir: directory with the four MNIST IDX files.
     verify_checksums: check the files' SHA256.
+    download: download the MNIST files ``mnist_dir`` does not hold (or all
+      four without ``mnist_dir``). Default False: nothing is downloaded.
 
   Returns:
     The prepared builder (``builder.as_data_source(split)`` reads it).
+
+  Raises:
+    FileNotFoundError: at once, before any work, if ``mnist_dir`` is given
+      and is not a directory, or (without ``download``) is not given or
+      lacks some of the files; the message names the path and the files.
   """
   builder = MultiMnist(data_dir=os.fspath(data_dir),
-                       verify_checksums=verify_checksums)
+                       verify_checksums=verify_checksums, download=download)
+  if not builder.is_prepared():
+    MultiMnist.check_manual_dir(mnist_dir, option='--mnist-dir',
+                                download=download)
   config = tfds.download.DownloadConfig(
       manual_dir=None if mnist_dir is None else os.fspath(mnist_dir))
   builder.download_and_prepare(download_config=config)
@@ -347,14 +367,20 @@ def main(argv=None) -> None:
   parser.add_argument('--data-dir', required=True,
                       help='tfds data directory to write into.')
   parser.add_argument('--mnist-dir', default=None,
-                      help='directory with the four MNIST .gz IDX files '
-                           '(default: download them).')
+                      help='directory with the four MNIST .gz IDX files.')
+  parser.add_argument('--download', action='store_true',
+                      help='download the MNIST files (those --mnist-dir '
+                           'does not hold) from ' + MNIST_URL + '.')
   parser.add_argument('--no-verify', action='store_true',
                       help='skip the SHA256 check of the MNIST files.')
   args = parser.parse_args(argv)
   start = time.perf_counter()
-  builder = prepare(data_dir=args.data_dir, mnist_dir=args.mnist_dir,
-                    verify_checksums=not args.no_verify)
+  try:
+    builder = prepare(data_dir=args.data_dir, mnist_dir=args.mnist_dir,
+                      verify_checksums=not args.no_verify,
+                      download=args.download)
+  except FileNotFoundError as e:
+    parser.exit(2, f'{parser.prog}: error: {e}\n')
   elapsed = time.perf_counter() - start
   for split, info in sorted(builder.info.splits.items()):
     print(f'{split}: {info.num_examples} examples')

@@ -81,6 +81,7 @@ class Nyuv2Mtan(builder_base.ArrayRecordBuilder,
   """NYUv2 (MTAN's 288×384 .npy release) as ArrayRecord, no TensorFlow."""
 
   name = 'nyuv2_mtan'
+  PREPARE_NAME = 'nyuv2'
   VERSION = tfds.core.Version('1.0.0')
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       "Put MTAN's preprocessed NYUv2 (directories train/ and val/, each with "

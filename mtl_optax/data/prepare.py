@@ -2,16 +2,17 @@
 
 ::
 
-    python -m mtl_optax.data.prepare multi_mnist --data-dir OUT [--manual-dir MNIST_DIR]
-    python -m mtl_optax.data.prepare cifar100_mt --data-dir OUT [--manual-dir DIR]
+    python -m mtl_optax.data.prepare multi_mnist --data-dir OUT --manual-dir MNIST_DIR  # or --download
+    python -m mtl_optax.data.prepare cifar100_mt --data-dir OUT --manual-dir DIR  # or --download
     python -m mtl_optax.data.prepare cityscapes --data-dir OUT --manual-dir CITYSCAPES
     python -m mtl_optax.data.prepare nyuv2 --data-dir OUT --manual-dir NYUV2_MTAN
     python -m mtl_optax.data.prepare seven_scenes --data-dir OUT --manual-dir 7SCENES \\
         [--config chess --config fire ...]   # default: all seven scenes
 
 Each module's doc says what the manual directory must hold. MultiMNIST and
-CIFAR-100 download their files when ``--manual-dir`` is not given. The
-command prints each split's size and the time taken. ``celeb_a`` is tfds' own
+CIFAR-100 download their files only with ``--download``; a missing manual
+directory is an immediate error naming it. The command prints each split's
+size and the time taken. ``celeb_a`` is tfds' own
 dataset (prepare it with tfds in ArrayRecord format).
 """
 
@@ -41,7 +42,8 @@ BUILDERS = {
 
 def prepare(name: str, *, data_dir: str | os.PathLike,
             manual_dir: str | os.PathLike | None = None,
-            config=None, verify_checksums: bool = True):
+            config=None, verify_checksums: bool = True,
+            download: bool = False):
   """Prepares dataset ``name`` (a key of ``BUILDERS``) in ``data_dir``.
 
   Args:
@@ -51,9 +53,17 @@ def prepare(name: str, *, data_dir: str | os.PathLike,
     manual_dir: directory with the source files (see the dataset's module).
     config: builder config (name or instance), e.g. a 7-Scenes scene.
     verify_checksums: check downloaded/manual files' SHA256 where known.
+    download: download the source files that ``manual_dir`` does not hold
+      (``multi_mnist``, ``cifar100_mt``). Default False: nothing is
+      downloaded.
 
   Returns:
     The prepared builder.
+
+  Raises:
+    FileNotFoundError: at once if ``manual_dir`` is given and is not a
+      directory, or is needed (no ``download``) and not given; the message
+      names the path and what it must hold.
   """
   try:
     cls = BUILDERS[name]
@@ -61,7 +71,9 @@ def prepare(name: str, *, data_dir: str | os.PathLike,
     raise KeyError(f'Unknown dataset {name!r}; known: {sorted(BUILDERS)}.'
                    ) from None
   builder = cls(data_dir=os.fspath(data_dir), config=config,
-                verify_checksums=verify_checksums)
+                verify_checksums=verify_checksums, download=download)
+  if not builder.is_prepared():
+    cls.check_manual_dir(manual_dir, download=download)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=None if manual_dir is None else os.fspath(manual_dir)))
   return builder
@@ -72,7 +84,12 @@ def main(argv: Sequence[str] | None = None) -> None:
       prog='python -m mtl_optax.data.prepare', description=__doc__.split('\n')[0])
   parser.add_argument('name', choices=sorted(BUILDERS))
   parser.add_argument('--data-dir', required=True)
-  parser.add_argument('--manual-dir', default=None)
+  parser.add_argument('--manual-dir', default=None,
+                      help='directory with the source files (see the '
+                           "dataset's module doc)")
+  parser.add_argument('--download', action='store_true',
+                      help='download the source files (multi_mnist, '
+                           'cifar100_mt) that --manual-dir does not hold')
   parser.add_argument('--config', action='append', default=None,
                       help='builder config (repeatable); seven_scenes: scene '
                            'names, default all')
@@ -84,9 +101,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     configs = list(seven_scenes.SCENES) if args.name == 'seven_scenes' else [None]
   for config in configs:
     start = time.perf_counter()
-    builder = prepare(args.name, data_dir=args.data_dir,
-                      manual_dir=args.manual_dir, config=config,
-                      verify_checksums=not args.no_verify)
+    try:
+      builder = prepare(args.name, data_dir=args.data_dir,
+                        manual_dir=args.manual_dir, config=config,
+                        verify_checksums=not args.no_verify,
+                        download=args.download)
+    except FileNotFoundError as e:
+      parser.exit(2, f'{parser.prog}: error: {e}\n')
     elapsed = time.perf_counter() - start
     label = builder.name + (f'/{config}' if config else '')
     for split, info in sorted(builder.info.splits.items()):
