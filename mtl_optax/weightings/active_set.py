@@ -172,8 +172,8 @@ def nonnegative_quadratic(
   Two phases: a fast one keeps the inverse of the free block up to date by
   rank-one updates (``O(T²)`` a pivot); an exact one then re-solves the
   free block's system by Cholesky at every pivot, starting from where the
-  fast phase stopped, and usually confirms its active set in two
-  iterations. The result is the exact phase's.
+  fast phase stopped, unless the fast phase's answer already meets the
+  optimality conditions to their rounding bound.
 
   Args:
     quad: ``[T, T]`` symmetric positive semi-definite ``Q``.
@@ -255,11 +255,20 @@ def nonnegative_quadratic(
                  jnp.ones((), bool), eye, jnp.zeros((), jnp.int32),
                  jnp.zeros((), bool))
   fast = lax.while_loop(unfinished, fast_body, start)
-  # The exact phase re-solves the fast phase's free set first.
-  polish_start = fast._replace(optimal_on_free=jnp.zeros((), bool),
+  # The exact phase re-solves the fast phase's free set first, unless the
+  # fast phase's answer already satisfies the optimality conditions to
+  # their rounding bound (every multiplier, free ones included, within
+  # tolerance: the rank-one updates did not drift): then it costs nothing
+  # (under vmap the loop runs only while some problem is unverified).
+  multipliers = linear - quad @ fast.x
+  bound = _multiplier_tolerance(quad, linear, fast.x, rtol)
+  verified = fast.done & jnp.all(
+      jnp.where(fast.free, jnp.abs(multipliers) <= bound,
+                multipliers <= bound)) & jnp.all(fast.x >= 0)
+  polish_start = fast._replace(optimal_on_free=verified,
                                blocked=jnp.zeros((t,), bool),
                                iteration=jnp.zeros((), jnp.int32),
-                               done=jnp.zeros((), bool))
+                               done=verified)
   final = lax.while_loop(unfinished, exact_body, polish_start)
   return ActiveSetResult(final.x, fast.iteration + final.iteration,
                          final.done)
