@@ -64,7 +64,7 @@ from mtl_optax.loss_weighting import uncertainty_weighting
 from mtl_optax.registry import available
 from mtl_optax.registry import get_aggregator
 
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 __all__ = [
     'aggregator_state',
