@@ -46,7 +46,7 @@ def project_to_dual_cone(gram: jax.Array, u: jax.Array,
     >>> from mtl_optax import weightings
     >>> g = jnp.array([[1., 0.], [-1., 1.]])          # g₀ conflicts with g₁
     >>> c = weightings.project_to_dual_cone(g @ g.T, jnp.array([1., 0.]))
-    >>> (g @ (c @ g)).tolist()                        # now conflicts with none
+    >>> [round(float(x), 6) + 0.0 for x in g @ (c @ g)]  # conflicts with none
     [0.5, 0.0]
   """
   # Precondition: the dual cone of {g_t} is that of the unit gradients
