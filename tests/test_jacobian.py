@@ -204,8 +204,9 @@ def test_representation_grads_matches_manual(method):
                              rtol=2e-3, atol=2e-3 * np.max(np.abs(
                                  ref_enc_flat)))
   # And with the aggregator's own coefficients the match is tight.
-  c_agg = out.aggregator_state.weights
-  cot = jax.tree.map(lambda g: jnp.tensordot(c_agg, g, axes=1), jz)
+  c_agg = out.aggregator_state.weights   # the state's dtype (f64 under x64)
+  cot = jax.tree.map(
+      lambda g: jnp.tensordot(c_agg, g, axes=1).astype(g.dtype), jz)
   _tree_allclose(out.encoder_grads, enc_vjp(cot)[0], rtol=1e-4, atol=1e-6)
   # Heads: gradient of Σ w_t L_t.
   ref_heads = jax.grad(lambda h: jnp.dot(w, _heads_losses(h, z, y)))(heads)
