@@ -117,9 +117,22 @@ def cagrad(c: float = 0.4, rescale: int = 1, *,
   _checks.check_int_at_least(
       'max_iters', max_iters, 1, method='cagrad', allow_none=True,
       hint='the pivot limit of the exact solver; None (default) is 5T + 20')
-  weightings.cagrad(jnp.eye(1), c, rescale, 1)   # validates rescale
   return _stateless(lambda k: weightings.cagrad(k, c, rescale, max_iters),
                     shared, num_tasks)
+
+
+def _dual_cone_aggregator(method, weighting, preferences, shared, num_tasks,
+                          max_iters):
+  """UPGrad or DualProj (``weighting(K, preferences, max_iters)``), after
+  checking the arguments they share."""
+  _checks.check_num_tasks(num_tasks, method=method)
+  _checks.check_preferences('preferences', preferences, method=method,
+                            num_tasks=num_tasks)
+  _checks.check_int_at_least(
+      'max_iters', max_iters, 1, method=method, allow_none=True,
+      hint='the solver\'s iteration limit; None for the default 5T + 20')
+  return _stateless(lambda k: weighting(k, preferences, max_iters),
+                    shared, num_tasks, preferences)
 
 
 def upgrad(preferences: jax.Array | None = None, *,
@@ -146,14 +159,8 @@ def upgrad(preferences: jax.Array | None = None, *,
       all zero, ``num_tasks`` entries), ``max_iters < 1`` or
       ``num_tasks < 1``.
   """
-  _checks.check_num_tasks(num_tasks, method='upgrad')
-  _checks.check_preferences('preferences', preferences, method='upgrad',
-                            num_tasks=num_tasks)
-  _checks.check_int_at_least(
-      'max_iters', max_iters, 1, method='upgrad', allow_none=True,
-      hint='the solver\'s iteration limit; None for the default 5T + 20')
-  return _stateless(lambda k: weightings.upgrad(k, preferences, max_iters),
-                    shared, num_tasks, preferences)
+  return _dual_cone_aggregator('upgrad', weightings.upgrad, preferences,
+                               shared, num_tasks, max_iters)
 
 
 def dualproj(preferences: jax.Array | None = None, *,
@@ -179,14 +186,8 @@ def dualproj(preferences: jax.Array | None = None, *,
       all zero, ``num_tasks`` entries), ``max_iters < 1`` or
       ``num_tasks < 1``.
   """
-  _checks.check_num_tasks(num_tasks, method='dualproj')
-  _checks.check_preferences('preferences', preferences, method='dualproj',
-                            num_tasks=num_tasks)
-  _checks.check_int_at_least(
-      'max_iters', max_iters, 1, method='dualproj', allow_none=True,
-      hint='the solver\'s iteration limit; None for the default 5T + 20')
-  return _stateless(lambda k: weightings.dualproj(k, preferences, max_iters),
-                    shared, num_tasks, preferences)
+  return _dual_cone_aggregator('dualproj', weightings.dualproj, preferences,
+                               shared, num_tasks, max_iters)
 
 
 def config(*, shared: gram_lib.SharedMask = None,
