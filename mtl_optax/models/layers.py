@@ -95,11 +95,143 @@ class UnitNormalized(nnx.Module):
     return out * jax.lax.rsqrt(jnp.maximum(sq, self.eps))
 
 
+def _band_matrix(kernel: jax.Array, width: int) -> jax.Array:
+  """``kernel [kh, kw, ci, co]`` as ``[kh * width * ci, (width - kw + 1) * co]``:
+  row ``(i, a, c)``, column ``(b, o)`` holds ``kernel[i, a - b, c, o]`` when
+  ``0 <= a - b < kw``, else 0 (a banded, Toeplitz-like layout)."""
+  kh, kw, ci, co = kernel.shape
+  width_out = width - kw + 1
+  shift = np.zeros((kw, width, width_out), np.float32)
+  for j in range(kw):
+    shift[j, np.arange(width_out) + j, np.arange(width_out)] = 1.0
+  band = jnp.einsum('jab,ijco->iacbo', jnp.asarray(shift, kernel.dtype), kernel,
+                    precision=jax.lax.Precision.HIGHEST)
+  return band.reshape(kh * width * ci, width_out * co)
+
+
+def _conv_valid_banded(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A VALID stride-1 convolution as ONE matmul with the banded kernel."""
+  b, h, w, ci = x.shape
+  kh, kw, _, co = kernel.shape
+  oh, ow = h - kh + 1, w - kw + 1
+  rows = jnp.stack([x[:, i:i + oh] for i in range(kh)], axis=2)
+  out = rows.reshape(b * oh, kh * w * ci) @ _band_matrix(kernel, w)
+  return out.reshape(b, oh, ow, co)
+
+
+def _conv_valid_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  return jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def conv_valid_small(x: jax.Array, kernel: jax.Array,
+                     bias: jax.Array | None = None) -> jax.Array:
+  """VALID stride-1 convolution for few channels (LeNet's), fast on CPU.
+
+  On CPU it is one matrix product of the ``kh`` stacked input rows with a
+  banded matrix built from the kernel (``(W - kw + 1)``-fold redundant
+  multiply-adds, but a dense GEMM with a GEMM's gradients): XLA:CPU's
+  convolution kernels, tuned for many channels, spend 2× more on LeNet's
+  1→10 and 10→20 5×5 convolutions and their gradients (the weight gradient
+  of the first one most). Elsewhere (GPU, TPU) it is XLA's convolution. Both
+  compute the same function; the gradients agree to float rounding.
+
+  Args:
+    x: ``[B, H, W, C_in]``.
+    kernel: ``[kh, kw, C_in, C_out]`` (an ``nnx.Conv`` kernel).
+    bias: optional ``[C_out]``.
+
+  Returns:
+    ``[B, H - kh + 1, W - kw + 1, C_out]``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mtl_optax.models import layers
+    >>> x = jnp.arange(16.).reshape(1, 4, 4, 1)
+    >>> layers.conv_valid_small(x, jnp.ones((3, 3, 1, 1)))[0, :, :, 0].tolist()
+    [[45.0, 54.0], [81.0, 90.0]]
+  """
+  out = jax.lax.platform_dependent(
+      x, kernel, cpu=_conv_valid_banded, default=_conv_valid_xla)
+  return out if bias is None else out + bias
+
+
+@jax.custom_jvp
+def _window_max(windows: jax.Array) -> jax.Array:
+  """``windows [B, H, s, W, s, C]`` maximised over its two window axes."""
+  return windows.max(axis=(2, 4))
+
+
+@_window_max.defjvp
+def _window_max_jvp(primals, tangents):
+  # jnp.max's own rule, with the tie count kept >= 1: it divides by the number
+  # of window entries equal to the maximum, which is 0 (so 0/0 = NaN) when
+  # XLA recomputes the input in two fusions with different rounding (seen at
+  # -O0). Here such a window passes no gradient instead of NaN.
+  (windows,), (tangent,) = primals, tangents
+  out = windows.max(axis=(2, 4))
+  hits = (windows == out[:, :, None, :, None]).astype(tangent.dtype)
+  count = jnp.maximum(hits.sum(axis=(2, 4)), 1)
+  return out, (tangent * hits).sum(axis=(2, 4)) / count
+
+
+def _max_pool_axis(x: jax.Array, axis: int, window: int, stride: int,
+                   padding: int) -> jax.Array:
+  """1-D max pooling of ``x`` along ``axis`` (``-inf`` padding, floor)."""
+  if padding:
+    pads = [(0, 0)] * x.ndim
+    pads[axis] = (padding, padding)
+    x = jnp.pad(x, pads, constant_values=-jnp.inf)
+  out = (x.shape[axis] - window) // stride + 1
+  if out < 1:
+    raise ValueError(
+        f'max_pool: a window of {window} does not fit in size '
+        f'{x.shape[axis] - 2 * padding} (+ {padding} padding on each side); '
+        'use a smaller window or a larger input.')
+  taps = [jax.lax.slice_in_dim(x, i, i + stride * (out - 1) + 1, stride,
+                               axis=axis) for i in range(window)]
+  result = taps[0]
+  for tap in taps[1:]:
+    result = jnp.maximum(result, tap)
+  return result
+
+
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0):
-  """Max pooling over H and W with symmetric ``-inf`` padding."""
-  pad = ((padding, padding), (padding, padding))
-  return nnx.max_pool(x, (window, window), strides=(stride, stride),
-                      padding=pad)
+  """Max pooling of ``[B, H, W, C]`` over H and W (``-inf`` padding, floor).
+
+  The same values as ``nnx.max_pool(x, (window, window), (stride, stride),
+  padding=((padding, padding),) * 2)``, without ``reduce_window``, whose
+  gradient is a select-and-scatter that XLA:CPU runs 5× slower: windows that
+  tile the input (``window == stride``, no padding) are a reshape and a
+  ``max`` over the two window axes; overlapping ones a separable maximum of
+  strided slices (rows, then columns). Both gradients are elementwise
+  selects that XLA fuses. At exact ties the gradient is shared between the
+  tied inputs (``jnp.max``'s rule) instead of going to the first one.
+
+  Args:
+    x: ``[B, H, W, C]``.
+    window: side of the square window.
+    stride: step between windows.
+    padding: ``-inf`` rows/columns added on each side.
+
+  Returns:
+    ``[B, (H + 2p - window) // stride + 1, (W + 2p - window) // stride + 1,
+    C]``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mtl_optax.models import layers
+    >>> x = jnp.arange(16.).reshape(1, 4, 4, 1)
+    >>> layers.max_pool(x, 2, 2)[0, :, :, 0].tolist()
+    [[5.0, 7.0], [13.0, 15.0]]
+  """
+  b, h, w, c = x.shape
+  if window == stride and not padding and h >= window and w >= window:
+    h, w = h // window, w // window
+    x = x[:, :h * window, :w * window]
+    return _window_max(x.reshape(b, h, window, w, window, c))
+  x = _max_pool_axis(x, 1, window, stride, padding)
+  return _max_pool_axis(x, 2, window, stride, padding)
 
 
 def global_average_pool(x: jax.Array) -> jax.Array:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from mtl_optax.models import layers
+
 
 def _conv_pool_size(size: int) -> int:
   # 5×5 valid convolution then 2×2 max-pool (floor), twice.
@@ -44,7 +46,12 @@ class LeNet(nnx.Module):
     self.fc = nnx.Linear(flat, features, rngs=rngs)
     self.num_features = features
 
+  @staticmethod
+  def _conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
+    # The nnx.Conv's parameters, computed by the CPU-fast formulation.
+    return layers.conv_valid_small(x, conv.kernel[...], conv.bias[...])
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nnx.relu(nnx.max_pool(self.conv1(x), (2, 2), strides=(2, 2)))
-    x = nnx.relu(nnx.max_pool(self.conv2(x), (2, 2), strides=(2, 2)))
+    x = nnx.relu(layers.max_pool(self._conv(self.conv1, x), 2, 2))
+    x = nnx.relu(layers.max_pool(self._conv(self.conv2, x), 2, 2))
     return nnx.relu(self.fc(x.reshape(x.shape[0], -1)))
