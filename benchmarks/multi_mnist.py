@@ -2,7 +2,8 @@
 
 The protocol of Sener & Koltun (2018, App. C.1) and Senushkin et al. (2023,
 §5.2): LeNet (``lenet_multimnist``), batch 256, SGD with momentum 0.9, the
-learning rate halved every 30 epochs, 100 epochs (``configs/multi_mnist.py``).
+learning rate halved every 30 epochs, 100 epochs
+(``mtl_optax.configs.multi_mnist``).
 For each method this reports the left/right test accuracy and the statistics
 over training of the dominance rate D (Def. 1 of Senushkin et al.: the
 condition number of the per-task gradients over the shared parameters, or
@@ -28,14 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-
-from configs import multi_mnist as mnist_config  # noqa: E402
+from mtl_optax.configs import multi_mnist as mnist_config
 
 RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
 DEFAULT_METHODS = ('linear_scalarization', 'aligned_mtl', 'aligned_mtl:z',

@@ -32,6 +32,8 @@ exactly once::
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
 import json
 import math
 import os
@@ -73,14 +75,19 @@ LEVELS = ('parameter', 'representation')
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Everything one run needs; configs under ``benchmarks/configs`` build one.
+  """Everything one run needs; ``mtl_optax.configs`` builds the papers' ones.
 
   Attributes:
-    model: a name of ``mtl_optax.models.available()``.
+    model: a name of ``mtl_optax.models.available()``, or your own model as
+      ``'module:callable'`` (e.g. ``'my_pkg.my_module:make_model'``): a
+      factory called as ``callable(rngs=nnx.Rngs(seed), **model_kwargs)``
+      that returns a ``mtl_optax.models.MultiTaskModel`` or a pair
+      ``(model, task_losses)`` (see ``create_model``).
     dataset: a name of ``mtl_optax.data.DATASETS``.
     method: a name of ``mtl_optax.available()``.
     level: ``'parameter'`` or ``'representation'`` (the "-UB" variants).
-    model_kwargs: keyword arguments of ``models.create``.
+    model_kwargs: keyword arguments of ``models.create`` (or of your
+      factory).
     method_kwargs: keyword arguments of the method's factory.
     dataset_options: options of ``data.load`` (e.g. ``config=`` for
       cityscapes, ``scene=`` for 7-Scenes, ``image_size=`` for CelebA).
@@ -278,6 +285,154 @@ def _weights_and_diagnostics(agg_state, t):
   return weights, agg_state.diagnostics, agg_state.last_skipped
 
 
+# -- the model ----------------------------------------------------------------
+
+
+def load_model_factory(spec: str) -> Callable[..., Any]:
+  """The callable that a ``'module:callable'`` model spec names.
+
+  Args:
+    spec: ``'package.module:callable'``; the part after the colon may be
+      dotted (``'my_module:MyModel.create'``).
+
+  Returns:
+    The callable.
+
+  Raises:
+    ValueError: ``spec`` is not of the form ``'module:callable'``.
+    ModuleNotFoundError: the module is not on the Python path (the message
+      says where to put it).
+    AttributeError: the module has no such attribute.
+    TypeError: the attribute is not callable.
+  """
+  module_name, _, attribute = spec.partition(':')
+  if not module_name or not attribute or ':' in attribute:
+    raise ValueError(
+        f"model {spec!r} is neither a registered name nor 'module:callable' "
+        "(e.g. 'my_pkg.my_module:make_model').")
+  try:
+    module = importlib.import_module(module_name)
+  except ModuleNotFoundError as e:
+    parts = module_name.split('.')
+    if e.name not in {'.'.join(parts[:i]) for i in range(1, len(parts) + 1)}:
+      raise      # the module exists; something it imports does not
+    raise ModuleNotFoundError(
+        f'model {spec!r}: no module named {module_name!r} on the Python '
+        f'path. Put the directory that holds {parts[0]!r} on PYTHONPATH (or '
+        'sys.path; the training command line also looks in the current '
+        'directory), or pip install its package.', name=e.name) from e
+  target = module
+  for name in attribute.split('.'):
+    if not hasattr(target, name):
+      raise AttributeError(
+          f'model {spec!r}: {module_name!r} ({getattr(module, "__file__", "")})'
+          f' has no attribute {attribute!r}. Define it there, or name an '
+          'existing factory after the colon.')
+    target = getattr(target, name)
+  if not callable(target):
+    raise TypeError(f'model {spec!r}: {attribute!r} is a '
+                    f'{type(target).__name__}, not a callable that builds a '
+                    'MultiTaskModel.')
+  return target
+
+
+def task_losses_by_name(tasks: Iterable[str]) -> dict[str, Any]:
+  """The zoo's losses, chosen by task name, for a model outside the zoo.
+
+  ``segmentation``: cross-entropy (label -1 ignored); ``depth``: L1 on
+  valid (non-zero) targets; ``normals``: cosine loss; ``instance``: L1 under
+  ``batch['instance_mask']``; ``translation`` / ``orientation``: the pose
+  losses; any other task: softmax cross-entropy against ``batch[task]``
+  (integer labels, -1 ignored). The target is ``batch[task]`` in each case,
+  the datasets' batch convention.
+
+  Args:
+    tasks: the model's task names.
+
+  Returns:
+    ``{task: fn(output, batch) -> scalar}``.
+  """
+  from mtl_optax.models import losses   # pylint: disable=g-import-not-at-top
+
+  by_name = {
+      'segmentation': (losses.softmax_cross_entropy, {}),
+      'depth': (losses.depth_l1_loss, {}),
+      'normals': (losses.normal_cosine_loss, {}),
+      'instance': (losses.l1_loss, {'mask_key': 'instance_mask'}),
+      'translation': (losses.pose_translation_loss, {}),
+      'orientation': (losses.pose_orientation_loss, {}),
+  }
+  result = {}
+  for task in tasks:
+    loss, kwargs = by_name.get(task, (losses.softmax_cross_entropy, {}))
+    result[task] = losses.target_loss(loss, task, **kwargs)
+  return result
+
+
+def _takes_rngs(factory: Callable[..., Any]) -> bool:
+  try:
+    parameters = inspect.signature(factory).parameters.values()
+  except (TypeError, ValueError):    # no signature to read: just call it
+    return True
+  return any(p.name == 'rngs' or p.kind is inspect.Parameter.VAR_KEYWORD
+             for p in parameters)
+
+
+def create_model(config: Config) -> tuple[Any, dict[str, Any]]:
+  """The model that ``config.model`` names, and its task losses.
+
+  A registered name builds the zoo's model (``models.create``) with its
+  losses (``models.default_task_losses``). ``'module:callable'`` imports
+  ``module`` and calls ``callable(rngs=nnx.Rngs(config.seed),
+  **config.model_kwargs)``, which returns either a ``MultiTaskModel`` (its
+  losses are then chosen by task name, ``task_losses_by_name``) or a pair
+  ``(model, task_losses)`` with ``task_losses`` mapping each task to
+  ``fn(output, batch) -> scalar``.
+
+  Args:
+    config: the run's ``Config``.
+
+  Returns:
+    ``(model, task_losses)``.
+
+  Raises:
+    ValueError: an unknown name.
+    ModuleNotFoundError, AttributeError, TypeError: a ``'module:callable'``
+      that cannot be imported or called, or that returns something else;
+      each message says what to fix.
+  """
+  from mtl_optax import models   # pylint: disable=g-import-not-at-top
+
+  name = config.model
+  if ':' not in name:
+    if name not in models.available():
+      raise ValueError(
+          f'Unknown model {name!r}: use a name of mtl_optax.models.available()'
+          f' ({", ".join(models.available())}) or your own factory as '
+          "'module:callable' (e.g. 'my_pkg.my_module:make_model').")
+    return (models.create(name, rngs=nnx.Rngs(config.seed),
+                          **config.model_kwargs),
+            models.default_task_losses(name, **config.model_kwargs))
+  factory = load_model_factory(name)
+  if not _takes_rngs(factory):
+    raise TypeError(
+        f'model {name!r} must take the keyword argument rngs (an nnx.Rngs '
+        'seeded with Config.seed), like the zoo\'s factories: '
+        'def make_model(*, rngs, **model_kwargs) -> MultiTaskModel.')
+  out = factory(rngs=nnx.Rngs(config.seed), **config.model_kwargs)
+  if isinstance(out, models.MultiTaskModel):
+    return out, task_losses_by_name(out.tasks)
+  if (isinstance(out, tuple) and len(out) == 2
+      and isinstance(out[0], models.MultiTaskModel)
+      and isinstance(out[1], Mapping)):
+    return out[0], dict(out[1])
+  raise TypeError(
+      f'model {name!r} returned {type(out).__name__}; it must return a '
+      'mtl_optax.models.MultiTaskModel (a shared encoder and one head per '
+      'task: MultiTaskModel(encoder, {task: head})) or a pair (model, '
+      'task_losses).')
+
+
 def _check_config(config: Config) -> None:
   if config.level not in LEVELS:
     raise ValueError(f'level must be one of {LEVELS}, got {config.level!r}.')
@@ -299,12 +454,9 @@ def build(config: Config, *, num_train_examples: int) -> Experiment:
   from mtl_optax import models   # the zoo imports flax layers: import late
 
   _check_config(config)
-  model = models.create(config.model, rngs=nnx.Rngs(config.seed),
-                        **config.model_kwargs)
+  model, task_losses = create_model(config)
   fm = models.functional(model)
   tasks = fm.tasks
-  task_losses = models.default_task_losses(config.model,
-                                           **config.model_kwargs)
   t = len(tasks)
 
   steps_per_epoch = max(num_train_examples // config.batch_size, 1)

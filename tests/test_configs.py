@@ -1,18 +1,13 @@
 """Every benchmark config builds and trains 2 steps on random
 batches in its dataset's convention, at a small width and image size."""
 
-import pathlib
-import sys
-
 import numpy as np
 import pytest
 
+from mtl_optax import configs
 from mtl_optax import data
 from mtl_optax import training
 from mtl_optax.data import loader as loader_lib
-
-sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / 'benchmarks'))
-import configs  # noqa: E402
 
 SMALL_IMAGE = {'multi_mnist': None, 'celeb_a': (16, 16), 'cifar100_mt': None,
                'cityscapes': (32, 32), 'cityscapes_mtan': (32, 32),

@@ -92,20 +92,37 @@ def test_core_works_without_the_optional_dependencies():
           getattr(mtl, part)
         except ImportError as e:
           errors[part] = str(e)
+      # The training command line and the papers' configs: the names need
+      # only the core, the command line and a Config the 'train' extra.
+      import importlib
+      from mtl_optax import configs
+      names = list(configs.NAMES)
+      for part, load in (('cli', lambda: importlib.import_module(
+                              'mtl_optax.train')),
+                         ('configs', lambda: configs.get_config(names[0]))):
+        try:
+          load()
+        except ImportError as e:
+          errors[part] = str(e)
       heavy = sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)
       print(json.dumps({'ran': ran, 'available': list(mtl.available()),
-                        'errors': errors, 'heavy': heavy}))
+                        'errors': errors, 'heavy': heavy, 'configs': names}))
       """, block=True)
   assert out['ran'] == out['available'] and len(out['ran']) >= 10
   assert out['heavy'] == []
-  assert set(out['errors']) == {'models', 'data', 'training'}, out['errors']
-  expected = {'models': ('Flax', "pip install 'mtl-optax[zoo]'"),
-              'data': ('TensorFlow Datasets', "pip install 'mtl-optax[data]'"),
-              'training': ('', "pip install 'mtl-optax[train]'")}
-  for part, (what, command) in expected.items():
+  assert set(out['errors']) == {'models', 'data', 'training', 'cli',
+                                'configs'}, out['errors']
+  assert 'multi_mnist' in out['configs']
+  expected = {'models': ('mtl_optax.models needs Flax', 'zoo'),
+              'data': ('mtl_optax.data needs TensorFlow Datasets', 'data'),
+              'training': ('mtl_optax.training needs ', 'train'),
+              'cli': ('mtl_optax.train (the training command line) needs ',
+                      'train'),
+              'configs': ('mtl_optax.training needs ', 'train')}
+  for part, (start, extra) in expected.items():
     message = out['errors'][part]
-    assert message.startswith(f'mtl_optax.{part} needs {what}'), message
-    assert command in message, message
+    assert message.startswith(start), message
+    assert f"pip install 'mtl-optax[{extra}]'" in message, message
 
 
 def test_require_names_the_extra(monkeypatch):
@@ -165,6 +182,14 @@ def test_optional_parts_resolve_lazily():
 
 
 # -- (c) pyproject ----------------------------------------------------------------
+
+
+def test_training_command_line_is_a_console_script():
+  scripts = _pyproject()['project']['scripts']
+  assert scripts['mtl-optax-train'] == 'mtl_optax.train:main'
+  from mtl_optax import configs
+  assert all((ROOT / 'mtl_optax' / 'configs' / f'{name}.py').exists()
+             for name in configs.NAMES)
 
 
 def test_core_dependencies_are_the_lean_set():

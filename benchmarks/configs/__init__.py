@@ -1,19 +1,15 @@
-"""Training configs (big_vision style): one small file per benchmark.
-
-Each module has ``get_config(**overrides) -> mtl_optax.training.Config``
-with the papers' set-up as defaults; ``benchmarks/train.py --config NAME``
-runs one, and ``--set key=value`` overrides single fields.
-"""
+"""The training configs moved to ``mtl_optax.configs`` (they ship with the
+package); this re-export keeps ``from configs import ...`` working in
+scripts run from a clone."""
 
 import importlib
 
-NAMES = ('multi_mnist', 'celeb_a', 'cityscapes', 'cityscapes_mtan', 'nyuv2',
-         'seven_scenes', 'cifar100_mt')
+from mtl_optax.configs import get_config  # noqa: F401
+from mtl_optax.configs import NAMES  # noqa: F401
 
 
-def get_config(name: str, **overrides):
-  """``benchmarks.configs.<name>.get_config(**overrides)``."""
-  if name not in NAMES:
-    raise KeyError(f'Unknown config {name!r}; known: {", ".join(NAMES)}.')
-  module = importlib.import_module(f'{__name__}.{name}')
-  return module.get_config(**overrides)
+def __getattr__(name):
+  """``configs.multi_mnist`` and the like: the package's config modules."""
+  if name in NAMES:
+    return importlib.import_module(f'mtl_optax.configs.{name}')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -9,7 +9,7 @@ table entry that is no longer registered, is a build warning (an error with
 
 ``.. cli-help:: benchmarks/train.py`` runs ``python SCRIPT --help`` from the
 repository root and shows its output, so the page always shows the real
-flags.
+flags; ``.. cli-help:: -m mtl_optax.train`` runs a module the same way.
 
 A line ``<!-- percent-script: examples/worked_example.py -->`` in a Markdown
 page is replaced, when the page is read, by that jupytext percent-format
@@ -162,18 +162,20 @@ class MethodsDirective(SphinxDirective):
 
 
 class CliHelpDirective(SphinxDirective):
-  """Shows ``python SCRIPT --help`` (run from the repository root)."""
+  """Shows ``python SCRIPT --help`` or ``python -m MODULE --help`` (run from
+  the repository root)."""
 
   required_arguments = 1
+  final_argument_whitespace = True
   has_content = False
 
   def run(self):
     script = self.arguments[0]
     env = dict(os.environ, JAX_PLATFORMS='cpu', COLUMNS='79')
     try:
-      proc = subprocess.run([sys.executable, script, '--help'], cwd=ROOT,
-                            env=env, capture_output=True, text=True,
-                            timeout=300, check=False)
+      proc = subprocess.run([sys.executable, *script.split(), '--help'],
+                            cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
       logger.warning('cli-help: %s --help failed: %s', script, exc,
                      location=self.get_location())
