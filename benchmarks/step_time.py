@@ -79,7 +79,14 @@ def peak_bytes(jitted, *args) -> int:
 def _undonated(experiment):
   """The experiment's step without buffer donation (we time it repeatedly)."""
   step = experiment.train_step
-  return jax.jit(getattr(step, '__wrapped__', step))
+  return jax.jit(getattr(step, '__wrapped__', step), **_jit_options(experiment))
+
+
+def _jit_options(experiment) -> dict:
+  """The training loop's per-step compiler options (fast CPU convolutions)."""
+  if not experiment.config.fast_cpu_convolutions:
+    return {}
+  return {'compiler_options': mtl.compiler.cpu_compiler_options()}
 
 
 def single_loss_step(setup: dict, fm, task_losses, batch):
@@ -96,7 +103,9 @@ def single_loss_step(setup: dict, fm, task_losses, batch):
     return optax.apply_updates(params, updates), stats, opt_state
 
   args = (fm.params, fm.batch_stats, tx.init(fm.params), batch)
-  return jax.jit(step), args
+  # Compiled as the training loop compiles its steps.
+  return jax.jit(step, compiler_options=mtl.compiler.cpu_compiler_options()
+                 ), args
 
 
 def aggregation_only(method: str, fm, task_losses, batch, t: int):

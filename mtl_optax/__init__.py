@@ -16,6 +16,7 @@ on first use and say which extra to install if theirs is missing, e.g.
 ``pip install 'mtl-optax[zoo]'``.
 """
 
+from mtl_optax import compiler
 from mtl_optax import diagnostics
 from mtl_optax import metrics
 from mtl_optax import sharding

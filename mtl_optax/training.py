@@ -62,6 +62,7 @@ _require('tqdm', 'train', 'mtl_optax.training')
 from flax import nnx
 
 from mtl_optax import aggregators as aggregators_lib
+from mtl_optax import compiler
 from mtl_optax import metrics as metrics_lib
 from mtl_optax import registry
 from mtl_optax.data.task_names import SEGMENTATION_CLASSES
@@ -119,6 +120,10 @@ class Config:
       have passed since the last save; None: no time interval. A run killed
       without warning (SIGKILL, a lost machine) recomputes at most the steps
       of one interval, identically.
+    fast_cpu_convolutions: on CPU, compile the steps with
+      ``compiler.cpu_compiler_options()`` (XLA's own convolutions instead
+      of YNNPACK's, 2-3× faster; a per-step option, never a global flag).
+      No effect on GPU/TPU.
   """
 
   model: str
@@ -147,6 +152,7 @@ class Config:
   max_eval_batches: int | None = None
   checkpoint_every_steps: int | None = 1000
   checkpoint_every_seconds: float | None = 300.0
+  fast_cpu_convolutions: bool = True
 
   def replace(self, **changes) -> 'Config':
     """A copy with ``changes`` (unknown names raise ``TypeError``)."""
@@ -512,6 +518,9 @@ def build(config: Config, *, num_train_examples: int) -> Experiment:
   eval_metrics = default_eval_metrics(
       config.dataset, tasks, capacity=_eval_capacity(config))
 
+  jit_options = ({'compiler_options': compiler.cpu_compiler_options()}
+                 if config.fast_cpu_convolutions else {})
+
   def eval_step(metric_states, state: TrainState, batch: Batch):
     outputs, _ = fm.apply(state.params, state.batch_stats, batch['image'],
                           train=False)
@@ -523,8 +532,8 @@ def build(config: Config, *, num_train_examples: int) -> Experiment:
 
   return Experiment(
       config=config, model=fm, tasks=tasks, init_state=init_state,
-      train_step=jax.jit(train_step, donate_argnums=0),
-      eval_metrics=eval_metrics, eval_step=jax.jit(eval_step),
+      train_step=jax.jit(train_step, donate_argnums=0, **jit_options),
+      eval_metrics=eval_metrics, eval_step=jax.jit(eval_step, **jit_options),
       steps_per_epoch=steps_per_epoch, num_steps=num_steps)
 
 
