@@ -72,8 +72,13 @@ SHARED_METHODS = {
     'fairgrad': ('FairGrad', {'alpha': 1.0}),
     'gradvac': ('GradVac', {'beta': 0.5}),
     'nash_mtl': ('NashMTL', {}),
+    # The two whose weights do not need the Gramian, without the Gramian
+    # that our default computes for the diagnostics (dominance rate, ...).
+    'linear_scalarization/no_diagnostics': ('Mean', {}),
+    'random_weighting/no_diagnostics': ('Random', {}),
 }
-RANDOMISED = ('pcgrad', 'graddrop', 'random_weighting', 'gradvac')
+RANDOMISED = ('pcgrad', 'graddrop', 'random_weighting', 'gradvac',
+              'random_weighting/no_diagnostics')
 GRAMIAN = 'gramian'
 SIZES = ((2, 10**6), (10, 10**6), (40, 10**6), (2, 10**7), (10, 10**7),
          (40, 10**7))
@@ -103,7 +108,9 @@ def _jax_aggregators(t: int, p: int, methods) -> tuple[dict, dict]:
   import mtl_optax as mtl
 
   def build(name, j):
-    agg = mtl.registry.for_tasks(name, num_tasks=j.shape[0])
+    method, _, variant = name.partition('/')
+    kwargs = {'track_diagnostics': False} if variant == 'no_diagnostics' else {}
+    agg = mtl.registry.for_tasks(method, num_tasks=j.shape[0], **kwargs)
     params = {'w': jnp.zeros(j.shape[1:], j.dtype)}
     state = agg.init(params)
     update = jax.jit(lambda g, s: agg.update({'w': g}, s, params)[0]['w'])

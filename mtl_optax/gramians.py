@@ -336,7 +336,10 @@ def _chunked_gram(m: jax.Array, scale, out_dtype) -> jax.Array:
     block = lax.dynamic_slice_in_dim(m, i * chunk, chunk, axis=1)
     return acc + _plain_gram(block, scale, out_dtype)
 
-  acc = lax.fori_loop(0, num_chunks, body, jnp.zeros((rows, rows), out_dtype))
+  # Unrolled 8×: at T = 40, P = 10⁷ the loop took 0.20-0.33 s rolled and
+  # 0.15-0.22 s unrolled on a 2-core CPU (neutral at T = 2 and 10).
+  acc = lax.fori_loop(0, num_chunks, body, jnp.zeros((rows, rows), out_dtype),
+                      unroll=8)
   if rest:
     acc = acc + _plain_gram(m[:, num_chunks * chunk:], scale, out_dtype)
   return acc

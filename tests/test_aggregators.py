@@ -743,6 +743,27 @@ def test_linear_without_diagnostics():
   np.testing.assert_array_equal(_flat(d), 0)
 
 
+def test_random_weighting_without_diagnostics_draws_the_same_weights():
+  # The Gramian only feeds the diagnostics: both modes draw the same weights
+  # from the same key, step after step, and combine every leaf with them.
+  grads = _grads(t=3)
+  with_k = mtl.random_weighting(seed=5, num_tasks=3)
+  without = mtl.random_weighting(seed=5, num_tasks=3, track_diagnostics=False)
+  state_a = state_b = None
+  for _ in range(3):
+    d_a, state_a = _apply(with_k, grads, state_a)
+    d_b, state_b = _apply(without, grads, state_b)
+    np.testing.assert_allclose(_flat(d_b), _flat(d_a), rtol=1e-5, atol=1e-6)
+    w = np.asarray(state_b.weights)
+    np.testing.assert_allclose(_flat(d_b), w @ _np_matrix(grads), rtol=1e-5,
+                               atol=1e-6)
+    assert w.sum() == pytest.approx(1.0, rel=1e-6) and np.all(w > 0)
+  bad = jax.tree.map(lambda x: x.at[1].set(np.nan), grads)
+  d, state_b = _apply(without, bad, state_b)
+  assert bool(state_b.last_skipped)
+  np.testing.assert_array_equal(_flat(d), 0)
+
+
 # ---------------------------------------------------------------------------
 # end to end: a tiny two-task model
 
