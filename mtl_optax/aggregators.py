@@ -80,7 +80,11 @@ class Proposal(NamedTuple):
     inner: the method's new state.
     inputs_ok: finiteness of whatever ``gram_hat`` does not cover (the
       task-specific leaves, the losses, or every leaf when there is no
-      Gramian).
+      Gramian). None when ``combine`` is a weighted sum of EVERY leaf: a
+      NaN/Inf entry makes that sum non-finite (``c·Inf`` is ±Inf or, for
+      ``c = 0``, NaN), so the update is computed and its finiteness checked
+      instead of a separate pass over the ``[T, ...]`` inputs (a sum that
+      overflows is skipped too).
     combine: computes the update; called only when the step is not skipped,
       so a skipped step costs no weighted sum and compiles no per-leaf
       selects.
@@ -88,7 +92,7 @@ class Proposal(NamedTuple):
   coefficients: jax.Array
   gram_hat: jax.Array | None
   inner: Any
-  inputs_ok: jax.Array
+  inputs_ok: jax.Array | None
   combine: Callable[[], PyTree]
 
 
@@ -212,14 +216,22 @@ def _build(
     with jax.default_matmul_precision('highest'):
       proposal = direction_fn(grads, state.inner, extra)
     gram_hat = proposal.gram_hat
-    ok = jnp.all(jnp.isfinite(proposal.coefficients)) & proposal.inputs_ok
+    ok = jnp.all(jnp.isfinite(proposal.coefficients))
     if gram_hat is not None:
       ok &= jnp.all(jnp.isfinite(gram_hat))
-    # zeros_like(g[0]): a task's slice keeps the leaf's sharding (under
-    # Explicit mesh axes both branches must have the same sharded type).
-    direction = jax.lax.cond(
-        ok, proposal.combine,
-        lambda: jax.tree.map(lambda g: jnp.zeros_like(g[0]), grads))
+    if proposal.inputs_ok is None:
+      # One pass over the inputs: combine, then check the (T× smaller) sum.
+      combined = proposal.combine()
+      ok &= leaves_finite(combined)
+      direction = jax.tree.map(
+          lambda d: jnp.where(ok, d, jnp.zeros_like(d)), combined)
+    else:
+      ok &= proposal.inputs_ok
+      # zeros_like(g[0]): a task's slice keeps the leaf's sharding (under
+      # Explicit mesh axes both branches must have the same sharded type).
+      direction = jax.lax.cond(
+          ok, proposal.combine,
+          lambda: jax.tree.map(lambda g: jnp.zeros_like(g[0]), grads))
 
     if track_diagnostics and gram_hat is not None:
       safe_gram = jnp.where(ok, gram_hat, jnp.eye(t, dtype=gram_hat.dtype))
@@ -364,7 +376,8 @@ def linear_scalarization(
     def direction_fn(grads, inner, extra):
       t = gram_lib.num_tasks(grads)
       c = preference_vector(weights, t)
-      return Proposal(c, None, inner, leaves_finite(grads),
+      # inputs_ok=None: the sum of every leaf certifies them (one pass).
+      return Proposal(c, None, inner, None,
                       lambda: gram_lib.combine(c, grads))
 
   return _build(direction_fn, num_tasks=num_tasks, preferences=weights,

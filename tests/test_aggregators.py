@@ -743,6 +743,33 @@ def test_linear_without_diagnostics():
   np.testing.assert_array_equal(_flat(d), 0)
 
 
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+def test_without_diagnostics_a_bad_entry_skips_even_with_weight_zero(bad):
+  # No separate finiteness pass: the weighted sum itself certifies the
+  # inputs, and 0·NaN = 0·Inf = NaN, so a task with weight 0 still counts.
+  agg = mtl.linear_scalarization(jnp.array([1., 0., 1.]),
+                                 track_diagnostics=False)
+  grads = _grads(t=3)
+  bad_grads = jax.tree.map(lambda x: x.at[1].set(0).at[1, 0].set(bad), grads)
+  d, state = _apply(agg, bad_grads)
+  assert bool(state.last_skipped) and int(state.num_skipped) == 1
+  for leaf in jax.tree.leaves(d):
+    np.testing.assert_array_equal(leaf, 0)
+  d, state = _apply(agg, grads, state)   # a good step after it
+  assert not bool(state.last_skipped)
+  np.testing.assert_allclose(
+      _flat(d), np.array([1., 0., 1.]) @ _np_matrix(grads), rtol=1e-5,
+      atol=1e-6)
+
+
+def test_without_diagnostics_an_overflowing_sum_is_skipped():
+  agg = mtl.linear_scalarization(track_diagnostics=False)
+  grads = {'w': jnp.full((2, 3), 3e38, jnp.float32)}   # each finite
+  d, state = _apply(agg, grads)
+  assert bool(state.last_skipped)
+  np.testing.assert_array_equal(d['w'], 0)
+
+
 def test_random_weighting_without_diagnostics_draws_the_same_weights():
   # The Gramian only feeds the diagnostics: both modes draw the same weights
   # from the same key, step after step, and combine every leaf with them.
