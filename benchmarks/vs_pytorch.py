@@ -42,6 +42,7 @@ Run:  python benchmarks/vs_pytorch.py [--parts aggregators,steps]
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import multiprocessing
 import os
@@ -515,7 +516,7 @@ def markdown(rows: list[dict], args, info: dict) -> str:
       f'{info["machine"]}; jax {info["jax"]}, torch {info["torch"]}, '
       f'torchjd {info["torchjd"]}. One run of `benchmarks/vs_pytorch.py '
       f'{" ".join(info["argv"])}`. Each framework runs in its own worker '
-      'process; every round times each entry once in each (alternating '
+      'process; every round times each entry in each (alternating '
       'which goes first), only one worker running at a time. Ratio = ours '
       '/ PyTorch (< 1: ours is faster), of the medians (and of the minima). '
       'Ours: jitted, first call (compilation) excluded and shown apart.',
@@ -526,7 +527,9 @@ def markdown(rows: list[dict], args, info: dict) -> str:
     lines += [
         '## Training steps (CPU, float32, Adam)',
         '',
-        f'Medians of {args.rounds} rounds (ResNet-18: {args.resnet_rounds}). '
+        f'Medians over {args.rounds} rounds (ResNet-18: '
+        f'{args.resnet_rounds}) of {args.burst} consecutive steps each, '
+        'every step timed (a training loop runs them back to back). '
         'PyTorch: the same network written plainly, per-task '
         '`autograd.grad` with `retain_graph` at θ and TorchJD\'s MGDA on the '
         'shared parameters\' `[T, P]`; at z, per-task gradients with respect '
@@ -614,6 +617,8 @@ def parse_args(argv=None):
   parser.add_argument('--steps', type=_steps, default=list(STEPS),
                       help='model/kind list, e.g. lenet/single,lenet/z')
   parser.add_argument('--out', type=pathlib.Path, default=None)
+  parser.add_argument('--render', type=pathlib.Path, default=None,
+                      help='only re-render the Markdown of a stored JSON')
   args = parser.parse_args(argv)
   for model, kind in args.steps:
     if model not in BATCH or kind not in STEP_LABELS:
@@ -622,8 +627,21 @@ def parse_args(argv=None):
   return args
 
 
+def render(json_path: pathlib.Path) -> str:
+  """The Markdown of a stored run (its JSON), e.g. after a report change."""
+  stored = json.loads(json_path.read_text())
+  return markdown(stored['rows'], parse_args(stored['info']['argv']),
+                  stored['info'])
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
+  if args.render:
+    text = render(args.render)
+    print(text)
+    if args.out:
+      args.out.write_text(text + '\n')
+    return 0
   try:
     import torch
     import torchjd
@@ -641,7 +659,7 @@ def main(argv=None) -> int:
     rows += run_aggregators(args)
   info = {'machine': machine(), 'jax': jax.__version__,
           'torch': torch.__version__,
-          'torchjd': getattr(torchjd, '__version__', '?'),
+          'torchjd': importlib.metadata.version('torchjd'),
           'argv': list(argv) if argv is not None else sys.argv[1:]}
   text = markdown(rows, args, info)
   print(text)
