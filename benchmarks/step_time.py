@@ -79,14 +79,10 @@ def peak_bytes(jitted, *args) -> int:
 def _undonated(experiment):
   """The experiment's step without buffer donation (we time it repeatedly)."""
   step = experiment.train_step
-  return jax.jit(getattr(step, '__wrapped__', step), **_jit_options(experiment))
-
-
-def _jit_options(experiment) -> dict:
-  """The training loop's per-step compiler options (fast CPU convolutions)."""
-  if not experiment.config.fast_cpu_convolutions:
-    return {}
-  return {'compiler_options': mtl.compiler.cpu_compiler_options()}
+  # Compiled as the training loop compiles it (fast CPU convolutions).
+  options = (mtl.compiler.cpu_compiler_options()
+             if experiment.config.fast_cpu_convolutions else {})
+  return mtl.compiler.jit(getattr(step, '__wrapped__', step), options=options)
 
 
 def single_loss_step(setup: dict, fm, task_losses, batch):
@@ -104,8 +100,7 @@ def single_loss_step(setup: dict, fm, task_losses, batch):
 
   args = (fm.params, fm.batch_stats, tx.init(fm.params), batch)
   # Compiled as the training loop compiles its steps.
-  return jax.jit(step, compiler_options=mtl.compiler.cpu_compiler_options()
-                 ), args
+  return mtl.compiler.jit(step), args
 
 
 def aggregation_only(method: str, fm, task_losses, batch, t: int):

@@ -11,7 +11,10 @@ computation they are given to, never globally (no ``XLA_FLAGS``), and are
 empty off CPU, or when this jaxlib does not know the option.
 
 ``mtl_optax.training`` compiles its steps with them (``Config.
-fast_cpu_convolutions``); pass them to your own ``jax.jit`` the same way.
+fast_cpu_convolutions``, through ``jit`` below); pass them to your own
+``jax.jit`` the same way. JAX accepts ``compiler_options`` on the outermost
+``jax.jit`` only: ``jit`` returns a function that uses them when called
+directly and compiles plainly when traced inside someone else's ``jax.jit``.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -25,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -65,3 +68,45 @@ def cpu_compiler_options(backend: str | None = None) -> Mapping[str, str]:
   if backend != 'cpu' or not _accepted(_YNN_FUSION_TYPES, _NO_CONVOLUTIONS):
     return {}
   return {_YNN_FUSION_TYPES: _NO_CONVOLUTIONS}
+
+
+def jit(fn: Callable[..., Any], *, options: Mapping[str, Any] | None = None,
+        **jit_kwargs) -> Callable[..., Any]:
+  """``jax.jit(fn, **jit_kwargs)`` with compiler ``options`` where JAX allows.
+
+  JAX takes ``compiler_options`` on the outermost ``jax.jit`` only (a nested
+  one raises a ValueError). The returned function calls the ``options``-
+  compiled ``fn`` when called with concrete arrays, and the plain jitted
+  ``fn`` when its arguments are tracers (inside your own ``jax.jit``,
+  ``lax.scan``, ...), where the outer computation's options apply.
+
+  Args:
+    fn: the function to compile.
+    options: compiler options; default ``cpu_compiler_options()``.
+    **jit_kwargs: ``jax.jit``'s other arguments (``donate_argnums``, ...).
+
+  Returns:
+    A callable with ``fn``'s signature; ``.lower`` lowers the
+    ``options``-compiled version, ``.__wrapped__`` is ``fn``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from mtl_optax import compiler
+    >>> double = compiler.jit(lambda x: 2 * x)
+    >>> double(jnp.ones(2)).tolist(), jax.jit(double)(jnp.ones(2)).tolist()
+    ([2.0, 2.0], [2.0, 2.0])
+  """
+  options = cpu_compiler_options() if options is None else dict(options)
+  plain = jax.jit(fn, **jit_kwargs)
+  if not options:
+    return plain
+  fast = jax.jit(fn, compiler_options=options, **jit_kwargs)
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    traced = any(isinstance(x, jax.core.Tracer)
+                 for x in jax.tree.leaves((args, kwargs)))
+    return (plain if traced else fast)(*args, **kwargs)
+
+  call.lower = fast.lower
+  return call

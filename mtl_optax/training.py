@@ -518,7 +518,7 @@ def build(config: Config, *, num_train_examples: int) -> Experiment:
   eval_metrics = default_eval_metrics(
       config.dataset, tasks, capacity=_eval_capacity(config))
 
-  jit_options = ({'compiler_options': compiler.cpu_compiler_options()}
+  cpu_options = (compiler.cpu_compiler_options()
                  if config.fast_cpu_convolutions else {})
 
   def eval_step(metric_states, state: TrainState, batch: Batch):
@@ -532,8 +532,10 @@ def build(config: Config, *, num_train_examples: int) -> Experiment:
 
   return Experiment(
       config=config, model=fm, tasks=tasks, init_state=init_state,
-      train_step=jax.jit(train_step, donate_argnums=0, **jit_options),
-      eval_metrics=eval_metrics, eval_step=jax.jit(eval_step, **jit_options),
+      train_step=compiler.jit(train_step, options=cpu_options,
+                              donate_argnums=0),
+      eval_metrics=eval_metrics,
+      eval_step=compiler.jit(eval_step, options=cpu_options),
       steps_per_epoch=steps_per_epoch, num_steps=num_steps)
 
 

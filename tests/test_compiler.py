@@ -75,3 +75,37 @@ def test_training_steps_take_the_option(fast):
       jax.tree.map(jnp.copy, experiment.init_state), batch)
   assert int(state.step) == 1
   assert np.all(np.isfinite(np.asarray(log.losses)))
+
+
+def test_jit_inside_another_jit_and_scan():
+  # JAX rejects compiler_options on a nested jit: compiler.jit falls back to
+  # the plain jitted function when traced.
+  step = compiler.jit(lambda x: jnp.sin(x) * 2,
+                      options={'xla_cpu_enable_fast_math': False})
+  x = jnp.linspace(0., 1., 5)
+  direct = step(x)
+  np.testing.assert_allclose(jax.jit(step)(x), direct, rtol=1e-6)
+  carry, _ = jax.lax.scan(lambda c, _: (step(c), None), x, None, length=2)
+  np.testing.assert_allclose(carry, step(step(x)), rtol=1e-6)
+  assert step.__wrapped__ is not None
+  assert step.lower(x).compile() is not None
+
+
+def test_jit_donates_at_top_level():
+  step = compiler.jit(lambda x: x + 1, options={}, donate_argnums=0)
+  x = jnp.zeros(3)
+  y = step(x)
+  np.testing.assert_array_equal(y, 1)
+
+
+def test_training_step_runs_inside_a_user_jit():
+  pytest.importorskip('flax')
+  from mtl_optax import data, training
+  experiment = training.build(
+      training.Config(model='lenet_multimnist', dataset='multi_mnist',
+                      batch_size=4), num_train_examples=40)
+  batch = data.random_batch('multi_mnist', 4)
+  two_steps = jax.jit(lambda s, b: experiment.train_step(
+      experiment.train_step(s, b)[0], b)[0])
+  state = two_steps(jax.tree.map(jnp.copy, experiment.init_state), batch)
+  assert int(state.step) == 2

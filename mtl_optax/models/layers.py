@@ -95,6 +95,32 @@ class UnitNormalized(nnx.Module):
     return out * jax.lax.rsqrt(jnp.maximum(sq, self.eps))
 
 
+def _batch_sharding(x: jax.Array):
+  """The ``PartitionSpec`` in ``x``'s type if some axis is sharded (only
+  under ``Explicit`` mesh axes), else None."""
+  spec = getattr(getattr(jax.typeof(x), 'sharding', None), 'spec', None)
+  if spec is None or all(p is None for p in spec):
+    return None
+  return spec
+
+
+def _reshape_keeping_batch(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """``x.reshape(shape)`` for a reshape that leaves axis 0 (the batch) alone.
+
+  Under ``Explicit`` mesh axes the batch axis carries the sharding, and JAX
+  wants the output's sharding spelled out: axis 0 keeps it, the rest are
+  replicated as in ``x``.
+  """
+  spec = _batch_sharding(x)
+  if spec is None:
+    return x.reshape(shape)
+  if any(p is not None for p in spec[1:]):
+    raise ValueError(
+        f'layers: only the batch axis may be sharded here; got {spec}.')
+  out = jax.sharding.PartitionSpec(spec[0], *([None] * (len(shape) - 1)))
+  return jnp.reshape(x, shape, out_sharding=out)
+
+
 def _band_matrix(kernel: jax.Array, width: int) -> jax.Array:
   """``kernel [kh, kw, ci, co]`` as ``[kh * width * ci, (width - kw + 1) * co]``:
   row ``(i, a, c)``, column ``(b, o)`` holds ``kernel[i, a - b, c, o]`` when
@@ -115,8 +141,17 @@ def _conv_valid_banded(x: jax.Array, kernel: jax.Array) -> jax.Array:
   kh, kw, _, co = kernel.shape
   oh, ow = h - kh + 1, w - kw + 1
   rows = jnp.stack([x[:, i:i + oh] for i in range(kh)], axis=2)
-  out = rows.reshape(b * oh, kh * w * ci) @ _band_matrix(kernel, w)
-  return out.reshape(b, oh, ow, co)
+  band = _band_matrix(kernel, w)
+  if _batch_sharding(rows) is None:
+    # One 2-D product (batch and rows merged): 20% faster than the 3-D
+    # contraction below for LeNet's gradient on XLA:CPU.
+    out = rows.reshape(b * oh, kh * w * ci) @ band
+    return out.reshape(b, oh, ow, co)
+  # Under Explicit mesh axes the batch axis is sharded and a reshape may not
+  # merge it with another: keep it apart.
+  rows = _reshape_keeping_batch(rows, (b, oh, kh * w * ci))
+  out = jnp.einsum('bhk,kn->bhn', rows, band)
+  return _reshape_keeping_batch(out, (b, oh, ow, co))
 
 
 def _conv_valid_xla(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -229,7 +264,8 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0):
   if window == stride and not padding and h >= window and w >= window:
     h, w = h // window, w // window
     x = x[:, :h * window, :w * window]
-    return _window_max(x.reshape(b, h, window, w, window, c))
+    return _window_max(_reshape_keeping_batch(x, (b, h, window, w, window,
+                                                  c)))
   x = _max_pool_axis(x, 1, window, stride, padding)
   return _max_pool_axis(x, 2, window, stride, padding)
 
