@@ -47,7 +47,6 @@ import json
 import multiprocessing
 import os
 import pathlib
-import platform
 import sys
 import time
 from typing import Callable
@@ -580,16 +579,9 @@ def markdown(rows: list[dict], args, info: dict) -> str:
 
 
 def machine() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        if line.startswith('model name'):
-          cpu = line.split(':', 1)[1].strip()
-          break
-  except OSError:
-    pass
-  return f'{cpu}, {os.cpu_count()} cores'
+  from benchmarks import speed   # its machine_info reads the CPU model
+  info = speed.machine_info()
+  return f'{info["cpu_model"]}, {info["cpu_count"]} cores'
 
 
 def _sizes(text: str):
