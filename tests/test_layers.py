@@ -84,6 +84,7 @@ CONVS = [
     ((4, 12, 12, 10), (5, 5, 10, 20)),  # LeNet conv2
     ((2, 9, 6, 3), (3, 2, 3, 4)),       # non-square kernel, odd sizes
     ((1, 5, 5, 2), (5, 5, 2, 1)),       # one output pixel
+    ((2, 7, 30, 2), (3, 5, 2, 3)),      # two groups of 13 output columns
 ]
 
 
@@ -107,6 +108,13 @@ def test_conv_valid_small_matches_xla_convolution(x_shape, k_shape,
   ref_grads = jax.grad(lambda *a: jnp.sum(ref_fn(*a) * cotangent), (0, 1, 2))
   for g, r in zip(grads(x, kernel, bias), ref_grads(x, kernel, bias)):
     np.testing.assert_allclose(g, r, atol=1e-5 * float(jnp.max(jnp.abs(r))))
+
+
+def test_band_groups():
+  assert layers._output_group(24, 5) == 12   # LeNet conv1: two halves
+  assert layers._output_group(8, 5) == 8     # LeNet conv2: whole row
+  assert layers._output_group(25, 5) == 25   # odd: whole row
+  assert layers._output_group(26, 5) == 13
 
 
 def test_conv_valid_small_is_exact_in_float64():

@@ -135,21 +135,41 @@ def _band_matrix(kernel: jax.Array, width: int) -> jax.Array:
   return band.reshape(kh * width * ci, width_out * co)
 
 
+def _output_group(width_out: int, kw: int) -> int:
+  """Output columns per banded product: half the row when it is wide.
+
+  A band over the whole row does ``(width_out + kw - 1) / kw`` times the
+  minimal multiply-adds; two halves nearly halve that for LeNet's first
+  convolution (24 columns, 5 wide): its step 7-10% faster. Narrow rows
+  (its second, 8 columns) stay whole: smaller products were slower.
+  """
+  return width_out // 2 if width_out % 2 == 0 and width_out >= 4 * kw else (
+      width_out)
+
+
 def _conv_valid_banded(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A VALID stride-1 convolution as ONE matmul with the banded kernel."""
+  """A VALID stride-1 convolution as matmuls with a banded kernel matrix:
+  each group of ``g`` output columns is ONE product of the ``kh`` stacked
+  input rows (``g + kw - 1`` columns of them) with the same band."""
   b, h, w, ci = x.shape
   kh, kw, _, co = kernel.shape
   oh, ow = h - kh + 1, w - kw + 1
+  g = _output_group(ow, kw)
+  groups, width = ow // g, g + kw - 1
   rows = jnp.stack([x[:, i:i + oh] for i in range(kh)], axis=2)
-  band = _band_matrix(kernel, w)
+  if groups > 1:   # [b, oh, groups, kh, width, ci]
+    rows = jnp.stack([rows[:, :, :, q * g:q * g + width]
+                      for q in range(groups)], axis=2)
+  band = _band_matrix(kernel, width)
+  k = kh * width * ci
   if _batch_sharding(rows) is None:
     # One 2-D product (batch and rows merged): 20% faster than the 3-D
     # contraction below for LeNet's gradient on XLA:CPU.
-    out = rows.reshape(b * oh, kh * w * ci) @ band
+    out = rows.reshape(b * oh * groups, k) @ band
     return out.reshape(b, oh, ow, co)
   # Under Explicit mesh axes the batch axis is sharded and a reshape may not
   # merge it with another: keep it apart.
-  rows = _reshape_keeping_batch(rows, (b, oh, kh * w * ci))
+  rows = _reshape_keeping_batch(rows, (b, oh * groups, k))
   out = jnp.einsum('bhk,kn->bhn', rows, band)
   return _reshape_keeping_batch(out, (b, oh, ow, co))
 
