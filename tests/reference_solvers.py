@@ -34,6 +34,8 @@ certify (Nash-MTL/FairGrad on 'ill', where ``Kw`` cancels by more than
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy import optimize
 
@@ -729,3 +731,38 @@ def cagrad_kkt_violation(matrix, c: float, coefficients) -> float:
     violations.append(max(0.0, -float(values.min())) / scale)
     violations.append(float(np.max(np.abs(lam * values))) / (lam_size * scale))
   return float(max(violations))
+
+
+def min_norm_by_enumeration(g, *, feasibility_tol=1e-12):
+  """Exact ``argmin_{α∈Δ} ‖αᵀ G‖²`` by enumerating the supports.
+
+  On the optimal support S the optimum is the min-norm point of the affine
+  hull of ``{g_s}``, solved from its KKT system; the best feasible (α ≥ 0)
+  candidate over all supports is the global optimum; supports whose
+  solution has an entry below ``-feasibility_tol`` are infeasible.
+  Returns (α, d).
+  """
+  g = np.asarray(g, np.float64)
+  t = g.shape[0]
+  k = g @ g.T
+  best = None
+  for r in range(1, t + 1):
+    for support in itertools.combinations(range(t), r):
+      s = list(support)
+      n = len(s)
+      a = np.zeros((n + 1, n + 1))
+      a[:n, :n] = k[np.ix_(s, s)]
+      a[:n, n] = 1
+      a[n, :n] = 1
+      rhs = np.zeros(n + 1)
+      rhs[n] = 1
+      sol = np.linalg.lstsq(a, rhs, rcond=None)[0][:n]
+      if sol.min() < -feasibility_tol:
+        continue
+      alpha = np.zeros(t)
+      alpha[s] = np.clip(sol, 0, None)
+      alpha /= alpha.sum()
+      value = alpha @ k @ alpha
+      if best is None or value < best[0] - 1e-15:
+        best = (value, alpha)
+  return best[1], best[1] @ g

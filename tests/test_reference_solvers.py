@@ -71,35 +71,13 @@ def test_suite_covers_every_kind_shape_and_scale():
 # MGDA.
 
 
-def min_norm_by_enumeration(j):
-  """The min-norm point of the hull: on each support S the affine-hull
-  min-norm point from its KKT system; the best feasible one wins."""
-  t = j.shape[0]
-  k = j @ j.T
-  best = None
-  for r in range(1, t + 1):
-    for support in itertools.combinations(range(t), r):
-      s = list(support)
-      system = np.zeros((r + 1, r + 1))
-      system[:r, :r] = k[np.ix_(s, s)]
-      system[:r, r] = system[r, :r] = 1
-      rhs = np.zeros(r + 1)
-      rhs[r] = 1
-      sol = np.linalg.lstsq(system, rhs, rcond=None)[0][:r]
-      if sol.min() < -1e-10:
-        continue
-      d = np.clip(sol, 0, None) / np.clip(sol, 0, None).sum() @ j[s]
-      if best is None or d @ d < best @ best:
-        best = d
-  return best
-
-
 @pytest.mark.parametrize('case', SMALL, ids=lambda c: c.name)
 def test_mgda_matches_support_enumeration(case):
   j = case.matrix
   d, alpha = rs.mgda(j)
   assert np.isclose(alpha.sum(), 1) and (alpha >= 0).all()
-  assert rel(d, min_norm_by_enumeration(j), scale_of(j)) <= 1e-10
+  assert rel(d, rs.min_norm_by_enumeration(j, feasibility_tol=1e-10)[1],
+             scale_of(j)) <= 1e-10
 
 
 def test_mgda_is_zero_iff_weakly_stationary():

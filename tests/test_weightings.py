@@ -8,8 +8,6 @@ library's own Gramian helpers.
 
 from __future__ import annotations
 
-import itertools
-
 import hypothesis
 from hypothesis import strategies as st
 import jax
@@ -20,6 +18,7 @@ from scipy import optimize
 
 import mtl_optax as mtl
 from mtl_optax import weightings as W
+import reference_solvers as rs
 
 F32_EPS = float(np.finfo(np.float32).eps)
 F64_EPS = float(np.finfo(np.float64).eps)
@@ -92,39 +91,6 @@ def np_aligned(g, w=None, eps=F32_EPS, scale_mode='min'):
   else:
     raise ValueError(scale_mode)
   return sigma * (u[:, keep] @ (vt[keep] @ w)), int(keep.sum())
-
-
-def qp_min_norm(g):
-  """Exact ``argmin_{α∈Δ} ‖αᵀ G‖²`` by enumerating the supports.
-
-  On the optimal support S the optimum is the min-norm point of the affine
-  hull of ``{g_s}``, solved from its KKT system; the best feasible (α ≥ 0)
-  candidate over all supports is the global optimum. Returns (α, d).
-  """
-  g = np.asarray(g, np.float64)
-  t = g.shape[0]
-  k = g @ g.T
-  best = None
-  for r in range(1, t + 1):
-    for support in itertools.combinations(range(t), r):
-      s = list(support)
-      n = len(s)
-      a = np.zeros((n + 1, n + 1))
-      a[:n, :n] = k[np.ix_(s, s)]
-      a[:n, n] = 1
-      a[n, :n] = 1
-      rhs = np.zeros(n + 1)
-      rhs[n] = 1
-      sol = np.linalg.lstsq(a, rhs, rcond=None)[0][:n]
-      if sol.min() < -1e-12:
-        continue
-      alpha = np.zeros(t)
-      alpha[s] = np.clip(sol, 0, None)
-      alpha /= alpha.sum()
-      value = alpha @ k @ alpha
-      if best is None or value < best[0] - 1e-15:
-        best = (value, alpha)
-  return best[1], best[1] @ g
 
 
 def slsqp_min_norm(g):
@@ -496,7 +462,7 @@ def test_qp_reference_agrees_with_slsqp():
   for seed, kind in [(0, 'random'), (1, 'conflict'), (2, 'common')]:
     rng = np.random.default_rng(seed)
     g = mgda_data(kind, 5, 12, rng)
-    _, d_enum = qp_min_norm(g)
+    _, d_enum = rs.min_norm_by_enumeration(g)
     _, d_slsqp = slsqp_min_norm(g)
     assert rel_err(d_slsqp, d_enum) < 1e-4
     assert np.linalg.norm(d_enum) <= np.linalg.norm(d_slsqp) * (1 + 1e-9)
@@ -511,7 +477,7 @@ MGDA_CASES = [(t, kind, seed) for t in (2, 3, 5, 8)
 def test_mgda_matches_exact_qp(t, kind, seed):
   rng = np.random.default_rng(1000 * seed + t)
   g = mgda_data(kind, t, 3 * t + 4, rng)
-  alpha_ref, d_ref = qp_min_norm(g)
+  alpha_ref, d_ref = rs.min_norm_by_enumeration(g)
   c = np.asarray(mgda(gram32(g)), np.float64)
   assert rel_err(c @ g, d_ref) < 1e-3
   # Unnormalised: c = α lies on the simplex.
@@ -554,7 +520,7 @@ def test_mgda_two_tasks_closed_form(kind, seed):
   a = np.clip((g2 - g1) @ g2 / np.sum((g1 - g2)**2), 0, 1)
   np.testing.assert_allclose(np.asarray(W.min_norm_two(gram32(g)),
                                         np.float64), [a, 1 - a], atol=1e-5)
-  alpha_ref, d_ref = qp_min_norm(g)
+  alpha_ref, d_ref = rs.min_norm_by_enumeration(g)
   np.testing.assert_allclose(a, alpha_ref[0], atol=1e-9)
   c = np.asarray(mgda(gram32(g)), np.float64)
   assert rel_err(c @ g, d_ref) < 1e-5
@@ -591,7 +557,7 @@ def test_mgda_plain_frank_wolfe(t, kind, seed):
   rng = np.random.default_rng(1000 * seed + t)
   g = mgda_data(kind, t, 3 * t + 4, rng)
   k = gram32(g)
-  _, d_ref = qp_min_norm(g)
+  _, d_ref = rs.min_norm_by_enumeration(g)
   g_max = np.linalg.norm(g, axis=1).max()
   d_plain = direction(mgda(k, solver='frank_wolfe'), g)
   d_away = direction(mgda(k), g)
@@ -623,7 +589,7 @@ def test_frank_wolfe_iterations_and_simplex():
 
 
 def _normalised_qp(g, scales):
-  return qp_min_norm(g * scales[:, None])
+  return rs.min_norm_by_enumeration(g * scales[:, None])
 
 
 @pytest.mark.parametrize('seed', [0, 1, 2])
