@@ -80,9 +80,9 @@ def _undonated(experiment):
   """The experiment's step without buffer donation (we time it repeatedly)."""
   step = experiment.train_step
   # Compiled as the training loop compiles it (fast CPU convolutions).
-  options = (mtl.compiler.cpu_compiler_options()
-             if experiment.config.fast_cpu_convolutions else {})
-  return mtl.compiler.jit(getattr(step, '__wrapped__', step), options=options)
+  return mtl.compiler.jit(getattr(step, '__wrapped__', step),
+                         options=training.step_compiler_options(
+                             experiment.config))
 
 
 def single_loss_step(setup: dict, fm, task_losses, batch):

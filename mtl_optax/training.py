@@ -518,8 +518,7 @@ def build(config: Config, *, num_train_examples: int) -> Experiment:
   eval_metrics = default_eval_metrics(
       config.dataset, tasks, capacity=_eval_capacity(config))
 
-  cpu_options = (compiler.cpu_compiler_options()
-                 if config.fast_cpu_convolutions else {})
+  cpu_options = step_compiler_options(config)
 
   def eval_step(metric_states, state: TrainState, batch: Batch):
     outputs, _ = fm.apply(state.params, state.batch_stats, batch['image'],
@@ -537,6 +536,12 @@ def build(config: Config, *, num_train_examples: int) -> Experiment:
       eval_metrics=eval_metrics,
       eval_step=compiler.jit(eval_step, options=cpu_options),
       steps_per_epoch=steps_per_epoch, num_steps=num_steps)
+
+
+def step_compiler_options(config: Config) -> dict[str, Any]:
+  """The compiler options ``build`` compiles ``config``'s steps with."""
+  return (dict(compiler.cpu_compiler_options())
+          if config.fast_cpu_convolutions else {})
 
 
 def _apply_unless_skipped(skipped, params, updates, opt_state, old_opt_state):
