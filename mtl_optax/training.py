@@ -95,6 +95,10 @@ class Config:
     data_dir: the tfds data directory holding the prepared dataset.
     train_split: split to train on.
     eval_split: split to evaluate on (None: no evaluation).
+    extra_eval_splits: more splits evaluated at the same times (e.g. the
+      test set beside a validation split, to report the test accuracy of
+      the evaluation with the best validation accuracy); their metrics are
+      in each evaluation's ``'extra_metrics'``, by split.
     batch_size: global training batch size.
     eval_batch_size: evaluation batch size (default ``batch_size``).
     optimizer: ``'adam'``, ``'adamw'`` or ``'sgd'`` (with ``momentum``).
@@ -136,6 +140,7 @@ class Config:
   data_dir: str | None = None
   train_split: str = 'train'
   eval_split: str | None = 'test'
+  extra_eval_splits: tuple[str, ...] = ()
   batch_size: int = 256
   eval_batch_size: int | None = None
   optimizer: str = 'adam'
@@ -445,6 +450,13 @@ def _check_config(config: Config) -> None:
   if config.method not in registry.available():
     raise ValueError(f'Unknown method {config.method!r}; available: '
                      f'{", ".join(registry.available())}.')
+  extra = config.extra_eval_splits
+  if isinstance(extra, str) or not all(isinstance(x, str) for x in extra):
+    raise ValueError(f'extra_eval_splits must be a tuple of split names, got '
+                     f"{extra!r}; e.g. extra_eval_splits=('test',).")
+  if extra and config.eval_split is None:
+    raise ValueError('extra_eval_splits needs an eval_split: they are '
+                     'evaluated with it; set eval_split too.')
 
 
 def build(config: Config, *, num_train_examples: int) -> Experiment:
@@ -965,15 +977,21 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
     logged[0] += len(pending)
     pending.clear()
 
-  def run_eval():
-    if config.eval_split is None:
-      return
-    batches = data_fn(config.eval_split,
+  def eval_split(split):
+    batches = data_fn(split,
                       batch_size=config.eval_batch_size or config.batch_size,
                       seed=0, shuffle=False, num_epochs=1,
                       drop_remainder=False)
+    return evaluate(experiment, state, map(place_eval, batches))
+
+  def run_eval():
+    if config.eval_split is None:
+      return
     result = {'step': int(state.step),
-              'metrics': evaluate(experiment, state, map(place_eval, batches))}
+              'metrics': eval_split(config.eval_split)}
+    if config.extra_eval_splits:
+      result['extra_metrics'] = {split: eval_split(split)
+                                 for split in config.extra_eval_splits}
     evaluations.append(result)
     if bar is not None:
       postfix['eval'] = _eval_summary(result['metrics'])

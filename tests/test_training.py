@@ -148,3 +148,38 @@ def test_data_parallel_mesh_gives_the_single_device_run():
                meshed.state.params, plain.state.params)
   for task, values in plain.evaluations[-1]['metrics'].items():
     assert meshed.evaluations[-1]['metrics'][task] == pytest.approx(values)
+
+
+def test_extra_eval_splits_are_evaluated_with_the_eval_split():
+  # Each split has its own data: the test split is the training data with
+  # the labels shifted, so its accuracy must differ from the validation's.
+  valid, test = _arrays(seed=1), _arrays(seed=1)
+  test['left'] = (test['left'] + 1) % 10
+  by_split = {'train': _arrays(), 'valid': valid, 'test': test}
+  seen = []
+
+  def data_fn(split, **kwargs):
+    seen.append(split)
+    return _data_fn(by_split[split])(split, **kwargs)
+
+  config = _config(eval_split='valid', extra_eval_splits=('test',),
+                   num_steps=6)
+  result = training.train(config, progress=False, data_fn=data_fn)
+  (evaluation,) = result.evaluations
+  assert set(evaluation['extra_metrics']) == {'test'}
+  assert seen == ['train', 'valid', 'test']
+  only_valid = training.train(config.replace(extra_eval_splits=()),
+                              progress=False, data_fn=data_fn)
+  assert evaluation['metrics'] == only_valid.evaluations[0]['metrics']
+  assert 'extra_metrics' not in only_valid.evaluations[0]
+  test_metrics = evaluation['extra_metrics']['test']
+  assert test_metrics['right'] == evaluation['metrics']['right']
+  assert test_metrics['left'] != evaluation['metrics']['left']
+
+
+def test_extra_eval_splits_are_checked():
+  with pytest.raises(ValueError, match='tuple of split names'):
+    training.build(_config(extra_eval_splits='test'), num_train_examples=16)
+  with pytest.raises(ValueError, match='set eval_split'):
+    training.build(_config(eval_split=None, extra_eval_splits=('test',)),
+                   num_train_examples=16)
