@@ -1,34 +1,59 @@
-"""MultiMNIST benchmark: LeNet, two digits, every method at its level(s).
+"""MultiMNIST reproduction: the papers' protocol, staged and resumable.
 
-The protocol of Sener & Koltun (2018, App. C.1) and Senushkin et al. (2023,
-§5.2): LeNet (``lenet_multimnist``), batch 256, SGD with momentum 0.9, the
-learning rate halved every 30 epochs, 100 epochs
+The protocol of Sener & Koltun (2018, App. C.1), which Senushkin et al.
+(2023, §5.2, Table 2) follow: LeNet (``lenet_multimnist``), batch 256, SGD
+with momentum 0.9, 100 epochs, the learning rate halved every 30 epochs and
+chosen per method from {1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2} as the one with
+the highest validation accuracy; test accuracy reported
 (``mtl_optax.configs.multi_mnist``).
-For each method this reports the left/right test accuracy and the statistics
-over training of the dominance rate D (Def. 1 of Senushkin et al.: the
-condition number of the per-task gradients over the shared parameters, or
-over the shared representation at the representation level), next to the
-paper's Table 2.
+
+Validation: the papers hold a validation split out of the 60 000 training
+images without saying which; ours is the last 10 000 (``train[-10000:]``,
+``--valid-size``), and every run trains on the first 50 000
+(``train[:-10000]``). The test set is never used to choose anything.
+
+Stages (each run has its own work directory under ``--workdir``, checkpoints
+every two minutes and resumes where it stopped; a finished run leaves a
+``result.json`` and is not run again, so a stage is continued by running
+the same command again, in as many sessions as it takes):
+
+``select``
+  every method × every rate, one seed, on a shortened schedule (``--epochs``,
+  default 10, with the halvings at the same fractions of it, epochs 3, 6,
+  9): the rate with the highest mean left/right accuracy on the validation
+  split at the end is the method's rate. Writes ``OUT_select.json``.
+``final``
+  every method at its selected rate for the full 100 epochs, evaluated every
+  5 epochs on the validation split and the test set; the reported model is
+  the evaluation with the highest validation accuracy ("the model with the
+  highest validation accuracy"), the last one is kept too. ``--seeds 3`` for
+  the rows of Table 2, ``--other-seeds 1`` for the others. Writes
+  ``OUT.json``, ``OUT.md`` and ``OUT.png``.
+``render``
+  rewrites ``OUT.md`` and ``OUT.png`` from ``OUT.json``.
 
 Examples::
 
     # prepare MultiMNIST once from the four MNIST IDX files (or, where there
     # is internet, download them: --download instead of --mnist-dir)
     python -m mtl_optax.data.multi_mnist --mnist-dir MNIST_DIR --data-dir DATA
-    # CPU-sized run of the default method list (what benchmarks/results holds)
-    python benchmarks/multi_mnist.py --data-dir DATA --epochs 2
-    # the papers' 100-epoch protocol with the learning-rate grid (GPU)
-    python benchmarks/multi_mnist.py --data-dir DATA --epochs 100 --lr-grid
+    python benchmarks/multi_mnist.py select --data-dir DATA
+    python benchmarks/multi_mnist.py final --data-dir DATA
 
-Methods are ``name`` (parameter level) or ``name:z`` (representation level,
-the "-UB" variants), names from ``mtl_optax.available()``.
+Methods are ``name``, ``name:z`` (the representation level, "-UB") or
+``name[key=value,...]`` with factory keyword arguments (Python literals),
+names from ``mtl_optax.available()``.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+import os
 import pathlib
+import re
+import sys
 import time
 
 import numpy as np
@@ -36,10 +61,16 @@ import numpy as np
 from mtl_optax.configs import multi_mnist as mnist_config
 
 RESULTS = pathlib.Path(__file__).resolve().parent / 'results'
-DEFAULT_METHODS = ('linear_scalarization', 'aligned_mtl', 'aligned_mtl:z',
-                   'mgda', 'mgda:z', 'pcgrad', 'mamg', 'imtl_g', 'cagrad',
-                   'nash_mtl', 'uncertainty_weighting', 'gradnorm')
+TEST_SPLIT = 'test'
+TABLE2 = ('aligned_mtl', 'aligned_mtl:z', 'mgda', 'mgda:z', 'pcgrad',
+          'uncertainty_weighting', 'gradnorm')
+OTHERS = ('linear_scalarization', 'imtl_g', 'cagrad', 'nash_mtl', 'mamg',
+          'mamg[mode="algorithm1"]')
+DEFAULT_METHODS = TABLE2 + OTHERS
 LEVELS = {'': 'parameter', 'z': 'representation'}
+FULL_EPOCHS = 100
+FULL_DECAY_EPOCHS = (30, 60, 90)
+FINAL_EVAL_EVERY = 5
 
 # Table 2 of Senushkin et al. (2023): D mean, std, max, min; left, right [%].
 PAPER = {
@@ -51,18 +82,53 @@ PAPER = {
     'aligned_mtl': (1.00, 0.0, 1.00, 1.000, 97.10, 95.45),
     'aligned_mtl:z': (1.36, 0.29, 3.17, 1.005, 96.98, 95.45),
 }
+# Table 3 of Sener & Koltun (2018): left, right [%] ("Ours" is MGDA-UB).
+PAPER_SENER = {
+    'linear_scalarization': (96.46, 94.99),
+    'uncertainty_weighting': (96.47, 95.29),
+    'gradnorm': (96.27, 94.84),
+    'mgda:z': (97.30, 95.90),
+}
 PAPER_NAMES = {'mgda:z': 'MGDA-UB', 'aligned_mtl': 'θ-aligned',
                'aligned_mtl:z': 'Z-aligned', 'mgda': 'MGDA',
                'pcgrad': 'PCGrad', 'gradnorm': 'GradNorm',
-               'uncertainty_weighting': 'Uncertainty'}
+               'uncertainty_weighting': 'Uncertainty',
+               'linear_scalarization': 'uniform scaling'}
 
 
-def parse_method(spec: str) -> tuple[str, str]:
-  """``'name'`` or ``'name:z'`` -> ``(name, level)``."""
-  name, _, level = spec.partition(':')
+# -- methods ------------------------------------------------------------------
+
+_SPEC = re.compile(r'^(?P<name>\w+)(\[(?P<kwargs>.*)\])?(:(?P<level>\w*))?$')
+
+
+def parse_method(spec: str) -> tuple[str, dict, str]:
+  """``'name[k=v,...]:z'`` -> ``(name, kwargs, level)``."""
+  match = _SPEC.match(spec.strip())
+  if match is None:
+    raise SystemExit(f'{spec!r}: write a method as name, name:z or '
+                     'name[key=value,...] (e.g. mamg[mode="algorithm1"]).')
+  level = match['level'] or ''
   if level not in LEVELS:
     raise SystemExit(f'{spec!r}: the level suffix is ":z" or nothing.')
-  return name, LEVELS[level]
+  kwargs = {}
+  if match['kwargs']:
+    try:
+      call = ast.parse(f'f({match["kwargs"]})', mode='eval').body
+      kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+      if call.args or None in kwargs:
+        raise ValueError
+    except (SyntaxError, ValueError):
+      raise SystemExit(f'{spec!r}: the arguments in [...] must be '
+                       'key=value pairs of Python literals.') from None
+  return match['name'], kwargs, LEVELS[level]
+
+
+def run_name(spec: str) -> str:
+  """A file-system name for a method spec."""
+  return re.sub(r'[^A-Za-z0-9_.=-]+', '_', spec).strip('_')
+
+
+# -- one run --------------------------------------------------------------------
 
 
 def dominance_stats(dominance: np.ndarray) -> dict[str, float]:
@@ -74,110 +140,347 @@ def dominance_stats(dominance: np.ndarray) -> dict[str, float]:
           'max': float(d.max()), 'min': float(d.min())}
 
 
-def run_one(spec: str, *, data_dir: str, epochs: float, learning_rate: float,
-            seed: int, progress: bool) -> dict:
-  """Trains one method; returns its accuracies, D statistics and timing."""
-  from mtl_optax import training
-  name, level = parse_method(spec)
-  config = mnist_config.get_config(
-      method=name, level=level, data_dir=data_dir, num_epochs=epochs,
-      learning_rate=learning_rate, seed=seed, eval_every_epochs=epochs)
-  start = time.perf_counter()
-  result = training.train(config, progress=progress)
-  wall = time.perf_counter() - start
-  metrics = result.evaluations[-1]['metrics']
-  history = result.history
+def read_log(workdir: pathlib.Path) -> dict[str, np.ndarray]:
+  """The per-step records of a run's ``log.jsonl`` (every step once)."""
+  steps = {}
+  with open(workdir / 'log.jsonl') as f:
+    for line in f:
+      record = json.loads(line)
+      if 'step' in record:
+        steps[record['step']] = record
+  ordered = [steps[s] for s in sorted(steps)]
+  return {key: np.asarray([r[key] for r in ordered], np.float64)
+          for key in ('losses', 'weights', 'dominance_rate', 'skipped')}
+
+
+def _accuracies(metrics) -> tuple[float, float]:
+  return 100 * metrics['left']['accuracy'], 100 * metrics['right']['accuracy']
+
+
+def summarize(evaluations: list[dict], log: dict[str, np.ndarray]) -> dict:
+  """Accuracies at the best-validation and the last evaluation, D, weights."""
+  def at(e):
+    out = {'step': e['step'], 'valid': _accuracies(e['metrics'])}
+    if 'extra_metrics' in e:
+      out['test'] = _accuracies(e['extra_metrics'][TEST_SPLIT])
+    return out
+  best = max(evaluations, key=lambda e: sum(_accuracies(e['metrics'])))
   return {
-      'method': spec, 'level': level, 'epochs': epochs,
-      'learning_rate': learning_rate, 'seed': seed,
-      'left': 100 * metrics['left']['accuracy'],
-      'right': 100 * metrics['right']['accuracy'],
-      'dominance': dominance_stats(np.asarray(history['dominance_rate'])),
-      'mean_weights': np.nanmean(history['weights'], axis=0).tolist(),
-      'skipped_steps': int(np.sum(history['skipped'])),
-      'final_losses': history['losses'][-50:].mean(0).tolist(),
-      'seconds_per_step': result.seconds_per_step,
-      'wall_seconds': wall,
-      'steps': int(result.state.step),
+      'best': at(best), 'last': at(evaluations[-1]),
+      'dominance': dominance_stats(log['dominance_rate']),
+      'mean_weights': np.nanmean(log['weights'], axis=0).tolist(),
+      'skipped_steps': int(log['skipped'].sum()),
+      'final_losses': log['losses'][-50:].mean(0).tolist(),
   }
 
 
-def markdown(results: list[dict], *, epochs: float, header: str) -> str:
-  """The results table next to the paper's Table 2."""
-  lines = [header, '',
-           f'Ours: {epochs:g} epoch(s) (paper: 100), LeNet, batch 256, SGD '
-           'momentum 0.9. D = dominance rate of the per-task gradients the '
-           'method receives (mean ± std, max, min over all steps).', '',
-           '| method | level | left [%] | right [%] | D mean ± std | D max '
-           '| D min | paper left / right | paper D mean ± std (max, min) '
-           '| s/step |',
-           '|---|---|---|---|---|---|---|---|---|---|']
-  for r in results:
-    d = r['dominance']
-    paper = PAPER.get(r['method'])
-    paper_acc = f'{paper[4]:.2f} / {paper[5]:.2f}' if paper else '–'
-    paper_d = (f'{paper[0]:.2f} ± {paper[1]:.2f} ({paper[2]:.2f}, '
-               f'{paper[3]:.3f})' if paper else '–')
-    name = r['method'].partition(':')[0]
-    if r['method'] in PAPER_NAMES:
-      name += f' ({PAPER_NAMES[r["method"]]})'
+def splits(valid_size: int) -> tuple[str, str]:
+  """The training and validation splits: the last ``valid_size`` of the
+  training images are the validation split."""
+  return f'train[:-{valid_size}]', f'train[-{valid_size}:]'
+
+
+def train_run(spec: str, *, data_dir: str, workdir: pathlib.Path,
+              valid_size: int, learning_rate: float, seed: int, epochs: float,
+              decay_epochs: tuple[float, ...], eval_every: float,
+              with_test: bool, progress: bool) -> dict:
+  """Trains (or resumes, or reads) one run; returns its ``result.json``."""
+  from mtl_optax import training
+  done = workdir / 'result.json'
+  if done.exists():
+    return json.loads(done.read_text())
+  name, kwargs, level = parse_method(spec)
+  train_split, valid_split = splits(valid_size)
+  config = mnist_config.get_config(
+      method=name, level=level, method_kwargs=kwargs, data_dir=data_dir,
+      train_split=train_split, eval_split=valid_split,
+      extra_eval_splits=(TEST_SPLIT,) if with_test else (),
+      num_epochs=epochs, lr_decay_epochs=decay_epochs,
+      learning_rate=learning_rate, seed=seed, eval_every_epochs=eval_every,
+      log_every_steps=100, checkpoint_every_steps=None,
+      checkpoint_every_seconds=120.0)
+  start = time.perf_counter()
+  result = training.train(config, workdir=workdir, progress=progress)
+  wall = time.perf_counter() - start
+  walls = workdir / 'wall_seconds.json'
+  previous = json.loads(walls.read_text()) if walls.exists() else []
+  walls.write_text(json.dumps(previous + [wall]))
+  if result.interrupted is not None:
+    raise SystemExit(f'{spec} lr={learning_rate:g} seed={seed}: interrupted '
+                     f'by {result.interrupted}; run the same command again '
+                     'to resume.')
+  record = {'method': spec, 'level': level, 'learning_rate': learning_rate,
+            'seed': seed, 'epochs': epochs, 'steps': int(result.state.step),
+            'seconds_per_step': result.seconds_per_step,
+            'wall_seconds': sum(previous) + wall,
+            **summarize(result.evaluations, read_log(workdir))}
+  tmp = done.with_suffix('.tmp')
+  tmp.write_text(json.dumps(record, indent=1))
+  os.replace(tmp, done)
+  return record
+
+
+def _write_json(path: pathlib.Path, obj) -> None:
+  tmp = path.with_suffix('.tmp')
+  tmp.write_text(json.dumps(obj, indent=1))
+  os.replace(tmp, path)
+
+
+# -- stages -----------------------------------------------------------------------
+
+
+def scaled_decay(epochs: float) -> tuple[float, ...]:
+  """The halvings at 30/60/90 % of a schedule of ``epochs`` epochs."""
+  return tuple(e * epochs / FULL_EPOCHS for e in FULL_DECAY_EPOCHS)
+
+
+def select(methods, *, args) -> dict:
+  """Stage 1: every rate of the grid; the best on validation per method."""
+  out = pathlib.Path(args.out + '_select.json')
+  old = json.loads(out.read_text()) if out.exists() else {}
+  # Other methods' results of earlier calls are kept.
+  runs = [r for r in old.get('runs', ()) if r['method'] not in methods]
+  chosen = {k: v for k, v in old.get('chosen', {}).items()
+            if k not in methods}
+  train_split, valid_split = splits(args.valid_size)
+  for spec in methods:
+    candidates = []
+    for lr in args.rates:
+      record = train_run(
+          spec, data_dir=args.data_dir,
+          workdir=pathlib.Path(args.workdir) / 'select' / run_name(spec)
+          / f'lr{lr:g}', valid_size=args.valid_size,
+          learning_rate=lr, seed=args.select_seed, epochs=args.epochs,
+          decay_epochs=scaled_decay(args.epochs), eval_every=args.epochs,
+          with_test=False, progress=not args.no_progress)
+      print(json.dumps({'method': spec, 'learning_rate': lr,
+                        'valid': record['last']['valid'],
+                        'seconds_per_step': record['seconds_per_step']}),
+            flush=True)
+      candidates.append(record)
+    runs += candidates
+    best = max(candidates, key=lambda r: sum(r['last']['valid']))
+    chosen[spec] = best['learning_rate']
+    _write_json(out, {'epochs': args.epochs,
+                      'decay_epochs': scaled_decay(args.epochs),
+                      'seed': args.select_seed, 'train_split': train_split,
+                      'valid_split': valid_split, 'chosen': chosen,
+                      'runs': runs})
+  return chosen
+
+
+def final(methods, *, args) -> list[dict]:
+  """Stage 2: the selected rate, 100 epochs, the seeds; the table."""
+  selection = json.loads(pathlib.Path(args.out + '_select.json').read_text())
+  out = pathlib.Path(args.out)
+  old = (json.loads(out.with_suffix('.json').read_text())
+         if out.with_suffix('.json').exists() else {})
+  # Other methods' runs of earlier calls are kept.
+  results = [r for r in old.get('runs', ()) if r['method'] not in methods]
+  for spec in methods:
+    if spec not in selection['chosen']:
+      raise SystemExit(f'{spec}: no selected rate in {args.out}_select.json; '
+                       'run the select stage for it first.')
+    lr = selection['chosen'][spec]
+    seeds = range(args.seeds if spec in TABLE2 else args.other_seeds)
+    for seed in seeds:
+      record = train_run(
+          spec, data_dir=args.data_dir,
+          workdir=pathlib.Path(args.workdir) / 'final' / run_name(spec)
+          / f'lr{lr:g}_seed{seed}', valid_size=args.valid_size,
+          learning_rate=lr, seed=seed, epochs=args.final_epochs,
+          decay_epochs=scaled_decay(args.final_epochs),
+          eval_every=args.final_epochs * FINAL_EVAL_EVERY / FULL_EPOCHS,
+          with_test=True, progress=not args.no_progress)
+      print(json.dumps({'method': spec, 'seed': seed,
+                        'test': record['best']['test']}), flush=True)
+      results.append(record)
+      _write_json(out.with_suffix('.json'), {
+          'protocol': protocol_text(selection, args.final_epochs),
+          'selection': selection,
+          'runs': results})
+  render(out)
+  return results
+
+
+def protocol_text(selection: dict, epochs: float) -> str:
+  return (f'LeNet, batch 256, SGD momentum 0.9; trained on '
+          f'`{selection["train_split"]}`, validation '
+          f'`{selection["valid_split"]}`, test `{TEST_SPLIT}`. Rate chosen '
+          'from '
+          f'{list(mnist_config.LEARNING_RATE_GRID)} by the mean validation '
+          f'accuracy after {selection["epochs"]:g} epochs (halvings at epochs '
+          f'{", ".join(f"{e:g}" for e in selection["decay_epochs"])}; seed '
+          f'{selection["seed"]}); then {epochs:g} epochs halving at '
+          f'{", ".join(f"{e:g}" for e in scaled_decay(epochs))}, evaluated '
+          f'every {epochs * FINAL_EVAL_EVERY / FULL_EPOCHS:g} epochs; '
+          'reported: test accuracy of the '
+          'evaluation with the highest validation accuracy.')
+
+
+# -- the table and the figure -------------------------------------------------------
+
+
+def aggregate(runs: list[dict]) -> dict[str, dict]:
+  """Per method: mean ± std over seeds of the reported accuracies, etc."""
+  by_method: dict[str, list[dict]] = {}
+  for r in runs:
+    by_method.setdefault(r['method'], []).append(r)
+  rows = {}
+  for spec, rs in by_method.items():
+    test = np.asarray([r['best']['test'] for r in rs])
+    last = np.asarray([r['last']['test'] for r in rs])
+    rows[spec] = {
+        'seeds': len(rs), 'learning_rate': rs[0]['learning_rate'],
+        'level': rs[0]['level'],
+        'test_mean': test.mean(0).tolist(), 'test_std': test.std(0).tolist(),
+        'last_mean': last.mean(0).tolist(),
+        'dominance': {k: float(np.mean([r['dominance'][k] for r in rs]))
+                      for k in ('mean', 'std', 'max', 'min')},
+        'seconds_per_step': float(np.median([r['seconds_per_step']
+                                             for r in rs])),
+        'wall_seconds': float(sum(r['wall_seconds'] for r in rs)),
+    }
+  return rows
+
+
+def _label(spec: str) -> str:
+  return f'{spec} ({PAPER_NAMES[spec]})' if spec in PAPER_NAMES else spec
+
+
+def markdown(data: dict) -> str:
+  rows = aggregate(data['runs'])
+  lines = [
+      '# MultiMNIST (LeNet): the papers\' protocol', '',
+      data['protocol'], '',
+      'Ours: test accuracy [%], mean ± std over the seeds (the std of the '
+      'population, n = seeds). Paper: Table 2 of Senushkin et al. (2023) '
+      '[A]; Table 3 of Sener & Koltun (2018) [S]. Δ = ours − paper. '
+      'D = dominance rate (Def. 1 of [A]) of the per-task gradients the '
+      'method receives, mean ± std, max, min over all steps (seeds '
+      'averaged).', '',
+      '| method | level | lr | seeds | left | right | paper left / right '
+      '| Δ left / right | last epoch left / right | D mean ± std | D max '
+      '| D min | paper D (A) | s/step |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
+  for spec, row in rows.items():
+    (left, right), (sl, sr) = row['test_mean'], row['test_std']
+    papers, deltas = [], []
+    for tag, table in (('A', {k: v[4:] for k, v in PAPER.items()}),
+                       ('S', PAPER_SENER)):
+      if spec in table:
+        pl, pr = table[spec]
+        papers.append(f'{pl:.2f} / {pr:.2f} [{tag}]')
+        deltas.append(f'{left - pl:+.2f} / {right - pr:+.2f} [{tag}]')
+    d = row['dominance']
+    pd = PAPER.get(spec)
     lines.append(
-        f'| {name} | {"z" if r["level"] == "representation" else "θ"} '
-        f'| {r["left"]:.2f} | {r["right"]:.2f} '
+        f'| {_label(spec)} | {"z" if row["level"] == "representation" else "θ"}'
+        f' | {row["learning_rate"]:g} | {row["seeds"]} '
+        f'| {left:.2f} ± {sl:.2f} | {right:.2f} ± {sr:.2f} '
+        f'| {"<br>".join(papers) or "–"} | {"<br>".join(deltas) or "–"} '
+        f'| {row["last_mean"][0]:.2f} / {row["last_mean"][1]:.2f} '
         f'| {d["mean"]:.2f} ± {d["std"]:.2f} | {d["max"]:.2f} '
-        f'| {d["min"]:.3f} | {paper_acc} | {paper_d} '
-        f'| {r["seconds_per_step"]:.3f} |')
-  return '\n'.join(lines) + '\n'
+        f'| {d["min"]:.3f} '
+        f'| {f"{pd[0]:.2f} ± {pd[1]:.2f} ({pd[2]:.2f}, {pd[3]:.3f})" if pd else "–"}'
+        f' | {row["seconds_per_step"]:.4f} |')
+  total = sum(r['wall_seconds'] for r in data['runs'])
+  select_total = sum(r['wall_seconds'] for r in data['selection']['runs'])
+  lines += ['', f'Wall time: selection {select_total / 3600:.2f} h '
+            f'({len(data["selection"]["runs"])} runs), final runs '
+            f'{total / 3600:.2f} h ({len(data["runs"])} runs), on 2 shared '
+            'CPU cores.', '']
+  return '\n'.join(lines)
+
+
+def figure(data: dict, path: pathlib.Path) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  rows = aggregate(data['runs'])
+  fig, ax = plt.subplots(figsize=(7.5, 6))
+  colors = plt.cm.tab20(np.linspace(0, 1, max(len(rows), 2)))
+  for color, (spec, row) in zip(colors, rows.items()):
+    (left, right), (sl, sr) = row['test_mean'], row['test_std']
+    ax.errorbar(left, right, xerr=sl, yerr=sr, fmt='o', color=color,
+                capsize=3, label=_label(spec))
+    for table, marker in ((PAPER, 's'), (PAPER_SENER, '^')):
+      if spec in table:
+        pl, pr = table[spec][-2:]
+        ax.plot(pl, pr, marker, mfc='none', color=color, ms=9)
+        ax.annotate('', (pl, pr), (left, right), arrowprops=dict(
+            arrowstyle='-', color=color, alpha=0.5, linestyle=':'))
+  ax.plot([], [], 's', mfc='none', color='gray', label='paper [A] Table 2')
+  ax.plot([], [], '^', mfc='none', color='gray', label='paper [S] Table 3')
+  ax.set_xlabel('left digit test accuracy [%]')
+  ax.set_ylabel('right digit test accuracy [%]')
+  ax.set_title('MultiMNIST, LeNet, 100 epochs (ours: mean ± std over seeds)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc='lower right')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def render(out: pathlib.Path) -> None:
+  data = json.loads(out.with_suffix('.json').read_text())
+  out.with_suffix('.md').write_text(markdown(data))
+  figure(data, out.with_suffix('.png'))
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--data-dir', required=True,
-                      help='tfds data directory holding (or to hold) '
-                      'multi_mnist')
+  parser = argparse.ArgumentParser(
+      description=__doc__.split('\n\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+  parser.add_argument('stage', choices=('select', 'final', 'render'))
+  parser.add_argument('--data-dir', help='tfds data directory holding the '
+                      'prepared multi_mnist')
   parser.add_argument('--methods', default=','.join(DEFAULT_METHODS),
-                      help='comma-separated; name or name:z')
-  parser.add_argument('--epochs', type=float, default=2.0)
-  parser.add_argument('--learning-rate', type=float, default=1e-2)
-  parser.add_argument('--lr-grid', action='store_true',
-                      help="the papers' grid, best test mean per method")
-  parser.add_argument('--seed', type=int, default=0)
+                      help='methods separated by ";" or "," (outside [...])')
+  parser.add_argument('--workdir', default='runs/multi_mnist',
+                      help='where the runs checkpoint (git-ignored runs/)')
   parser.add_argument('--out', default=str(RESULTS / 'multi_mnist'),
-                      help='writes OUT.json and OUT.md')
+                      help='results prefix: OUT_select.json, OUT.json, .md, '
+                      '.png')
+  parser.add_argument('--epochs', type=float, default=10.0,
+                      help='select: the shortened schedule')
+  parser.add_argument('--rates', type=float, nargs='+',
+                      default=list(mnist_config.LEARNING_RATE_GRID))
+  parser.add_argument('--final-epochs', type=float, default=FULL_EPOCHS,
+                      help='final: the schedule (the papers: 100)')
+  parser.add_argument('--valid-size', type=int, default=10_000,
+                      help='the last this many training images are the '
+                      'validation split')
+  parser.add_argument('--select-seed', type=int, default=0)
+  parser.add_argument('--seeds', type=int, default=3,
+                      help="final: seeds of Table 2's rows")
+  parser.add_argument('--other-seeds', type=int, default=1,
+                      help='final: seeds of the other rows')
   parser.add_argument('--no-progress', action='store_true')
   args = parser.parse_args(argv)
 
-  methods = [m.strip() for m in args.methods.split(',') if m.strip()]
+  if args.stage == 'render':
+    render(pathlib.Path(args.out))
+    print(pathlib.Path(args.out).with_suffix('.md').read_text())
+    return
+  if not args.data_dir:
+    parser.error('--data-dir is required for the select and final stages')
+  methods = [m for m in re.split(r'[;,](?![^\[]*\])', args.methods)
+             if m.strip()]
   for spec in methods:
     parse_method(spec)
   # Before any training: an unprepared --data-dir fails here, with the
   # command that prepares it.
   from mtl_optax import data
-  data.num_examples('multi_mnist', 'test', data_dir=args.data_dir)
-  rates = (mnist_config.LEARNING_RATE_GRID if args.lr_grid
-           else (args.learning_rate,))
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  results, all_runs = [], []
-  for spec in methods:
-    runs = []
-    for lr in rates:
-      run = run_one(spec, data_dir=args.data_dir, epochs=args.epochs,
-                    learning_rate=lr, seed=args.seed,
-                    progress=not args.no_progress)
-      print(json.dumps({k: run[k] for k in ('method', 'learning_rate', 'left',
-                                           'right', 'dominance',
-                                           'seconds_per_step')}), flush=True)
-      runs.append(run)
-    all_runs += runs
-    results.append(max(runs, key=lambda r: r['left'] + r['right']))
-    # Written after every method, so that a long run keeps what it has.
-    out.with_suffix('.json').write_text(json.dumps(
-        {'epochs': args.epochs, 'best': results, 'runs': all_runs}, indent=1))
-    out.with_suffix('.md').write_text(markdown(
-        results, epochs=args.epochs,
-        header='# MultiMNIST (LeNet): accuracy and dominance rate'))
-  print(out.with_suffix('.md').read_text())
+  data.num_examples('multi_mnist', TEST_SPLIT, data_dir=args.data_dir)
+  pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+  start = time.perf_counter()
+  if args.stage == 'select':
+    print(json.dumps(select(methods, args=args), indent=1))
+  else:
+    final(methods, args=args)
+    print(pathlib.Path(args.out).with_suffix('.md').read_text())
+  print(f'{args.stage}: {time.perf_counter() - start:.0f} s', file=sys.stderr)
 
 
 if __name__ == '__main__':

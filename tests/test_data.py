@@ -11,6 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+import fake_mnist
+
 from mtl_optax import data
 from mtl_optax.data import celeb_a
 from mtl_optax.data import cifar100_mt
@@ -114,27 +116,12 @@ def test_idx_reader_parses_hand_written_bytes(tmp_path):
     multi_mnist.read_idx(tmp_path / 'bad')
 
 
-def _write_fake_mnist(directory, n_train=6, n_test=4):
-  rng = np.random.default_rng(1)
-  splits = {}
-  for split, n in (('train', n_train), ('test', n_test)):
-    images = (rng.random((n, 28, 28)) < 0.2).astype(np.uint8) * rng.integers(
-        1, 256, (n, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    multi_mnist.write_idx(directory / multi_mnist.MNIST_FILES[f'{split}_images'],
-                          images)
-    multi_mnist.write_idx(directory / multi_mnist.MNIST_FILES[f'{split}_labels'],
-                          labels)
-    splits[split] = (images, labels)
-  return splits
-
-
 @pytest.fixture(scope='module')
 def prepared_multi_mnist(tmp_path_factory):
   root = tmp_path_factory.mktemp('multi_mnist')
   mnist_dir = root / 'mnist'
   mnist_dir.mkdir()
-  splits = _write_fake_mnist(mnist_dir)
+  splits = fake_mnist.write_mnist(mnist_dir, n_train=6, n_test=4, seed=1)
   multi_mnist.prepare(data_dir=root / 'tfds', mnist_dir=mnist_dir,
                       verify_checksums=False)
   return root, splits

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 
+import fake_mnist
 import mtl_optax as mtl
 from mtl_optax.jacobian import jacobian_free_grads
 
@@ -390,13 +391,7 @@ def test_manual_dir_with_the_files_still_prepares(tmp_path, no_network):
   from mtl_optax import data
   from mtl_optax.data import multi_mnist
   mnist = tmp_path / 'mnist'
-  mnist.mkdir()
-  rng = np.random.default_rng(0)
-  for split, n in (('train', 4), ('test', 3)):
-    multi_mnist.write_idx(mnist / multi_mnist.MNIST_FILES[f'{split}_images'],
-                          rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
-    multi_mnist.write_idx(mnist / multi_mnist.MNIST_FILES[f'{split}_labels'],
-                          rng.integers(0, 10, n).astype(np.uint8))
+  fake_mnist.write_mnist(mnist, n_train=4, n_test=3)
   multi_mnist.prepare(data_dir=tmp_path / 'tfds', mnist_dir=mnist,
                       verify_checksums=False)
   assert data.num_examples('multi_mnist', 'test',

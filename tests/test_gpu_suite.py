@@ -14,30 +14,13 @@ import numpy as np
 import pytest
 
 from benchmarks import gpu_suite
-from mtl_optax.data import multi_mnist
-
-
-def _write_mnist(directory, n_train=8, n_test=4):
-  """Four small MNIST IDX files (random sparse digits) in ``directory``."""
-  rng = np.random.default_rng(0)
-  for split, n in (('train', n_train), ('test', n_test)):
-    images = ((rng.random((n, 28, 28)) < 0.2) *
-              rng.integers(1, 256, (n, 28, 28))).astype(np.uint8)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    multi_mnist.write_idx(
-        directory / multi_mnist.MNIST_FILES[f'{split}_images'], images)
-    multi_mnist.write_idx(
-        directory / multi_mnist.MNIST_FILES[f'{split}_labels'], labels)
+import fake_mnist
 
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
-  root = tmp_path_factory.mktemp('gpu_suite_mnist')
-  (root / 'mnist').mkdir()
-  _write_mnist(root / 'mnist')
-  multi_mnist.prepare(data_dir=root / 'tfds', mnist_dir=root / 'mnist',
-                      verify_checksums=False)
-  return root / 'tfds'
+  return fake_mnist.prepare_multi_mnist(
+      tmp_path_factory.mktemp('gpu_suite_mnist'))
 
 
 def _finite(x):
