@@ -358,7 +358,11 @@ def markdown(data: dict) -> str:
       '[A]; Table 3 of Sener & Koltun (2018) [S]. Δ = ours − paper. '
       'D = dominance rate (Def. 1 of [A]) of the per-task gradients the '
       'method receives, mean ± std, max, min over all steps (seeds '
-      'averaged).', '',
+      'averaged); for θ-aligned, [A] reports D of the aligned system, 1 '
+      'by construction. MGDA and MGDA-UB: the exact min-norm solver '
+      "(`solver='active_set'`; at T = 2 the same α as the papers' "
+      'closed-form two-point rule, Algorithm 1 of [S]), no gradient '
+      'normalisation.', '',
       '| method | level | lr | seeds | left | right | paper left / right '
       '| Δ left / right | last epoch left / right | D mean ± std | D max '
       '| D min | paper D (A) | s/step |',
