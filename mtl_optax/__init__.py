@@ -52,6 +52,8 @@ from mtl_optax.jacobian import jacobian_free_gramian
 from mtl_optax.jacobian import JacobianFreeGrads
 from mtl_optax.jacobian import RepresentationGrads
 from mtl_optax.jacobian import representation_grads
+from mtl_optax.jacobian import RepresentationGramians
+from mtl_optax.jacobian import representation_gramians
 from mtl_optax.jacobian import stack_tasks
 from mtl_optax.jacobian import value_and_jacobian
 from mtl_optax.linesearch import backtracking_linesearch
@@ -106,6 +108,8 @@ __all__ = [
     'pcgrad',
     'random_weighting',
     'representation_grads',
+    'representation_gramians',
+    'RepresentationGramians',
     'RepresentationGrads',
     'resolve_shared_mask',
     'sharding',

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mtl_optax import _checks
+from mtl_optax import diagnostics as diag_lib
 from mtl_optax import gramians as gram_lib
 from mtl_optax.aggregators import AggregatorState
 from mtl_optax.aggregators import leaves_finite
@@ -204,6 +206,25 @@ def representation_grads(
   the same weighting code, applied to the Gramian of ``∂L_t/∂z`` (flattened
   over batch × features) instead of ``∂L_t/∂θ``.
 
+  What carries over from the aggregator's guarantees. At ``z`` they hold as
+  stated: MGDA's ``d_z`` has ``<d_z, ∂L_t/∂z> ≥ ‖d_z‖²`` for every task, a
+  common descent direction of the task losses as functions of ``z``. The
+  encoder's update ``Jᵀ d_z`` (``J = ∂z/∂θ_enc``) is the gradient of ``Σ_t
+  c_t L_t`` with respect to ``θ_enc``, so it decreases that weighted sum to
+  first order, but a single task's ``θ``-level inner product is ``<Jᵀ d_z,
+  Jᵀ ∂L_t/∂z>``, of either sign. Sener & Koltun's Theorem 1(b) (no task
+  increases) needs more than the full-rank ``J`` it assumes: its proof's
+  step (9) ⇔ (10) holds when ``J Jᵀ`` is isotropic on the span of the
+  tasks' z-gradients, ``mtl.diagnostics.jacobian_isotropy = 1`` (part (a),
+  the agreement on Pareto stationarity, does hold for ``J`` of full row
+  rank). A task cannot conflict while ``cos(d_z, ∂L_t/∂z) > (ι² - 1) / (ι²
+  + 1)``; beyond, it can: in ``tests/test_isotropy.py`` (T = 2 tasks at
+  cosine -0.9, ``Z = 10``, ``J``'s singular values log-uniform over a
+  factor 10) MGDA-UB conflicted with a task at the θ level in about half of
+  the random cases. Aligned-MTL-UB rests on the same assumption (Senushkin
+  et al. assume ``JᵀJ = λI`` in their notation). ``representation_gramians``
+  measures ``ι`` for a batch.
+
   Cost: one forward and ONE backward pass through the encoder (its VJP with
   the aggregated cotangent ``Σ_t c_t ∂L_t/∂z``); T backward passes through the
   heads only (for ``∂L_t/∂z``) plus one for the heads' own gradients.
@@ -280,6 +301,96 @@ def representation_grads(
     )
 
   return step
+
+
+class RepresentationGramians(NamedTuple):
+  """Result of ``representation_gramians``: both levels' Gramians."""
+  losses: jax.Array               # [T]
+  gram_z: jax.Array               # [T, T] of ∂L_t/∂z
+  gram_theta: jax.Array           # [T, T] of ∂L_t/∂θ_enc
+  jacobian_isotropy: jax.Array    # diagnostics.jacobian_isotropy of the two
+
+
+def representation_gramians(
+    encode: Callable[..., Any],
+    heads_losses: Callable[..., Any],
+    *,
+    encoder_has_aux: bool = False,
+    heads_has_aux: bool = False,
+) -> Callable[..., RepresentationGramians]:
+  """The Gramians of the per-task gradients at ``z`` and at ``θ_enc``.
+
+  Measures, for one batch, how far the representation-level ("-UB") step is
+  from the parameter-level one: ``K_z`` of ``∂L_t/∂z`` (what
+  ``representation_grads`` gives its aggregator), ``K_θ`` of ``∂L_t/∂θ_enc
+  = Jᵀ ∂L_t/∂z`` (what a parameter-level step would), and
+  ``mtl.diagnostics.jacobian_isotropy(K_θ, K_z)``, 1 when the encoder's
+  Jacobian is isotropic on the tasks' span (the condition of Theorem 1(b) of
+  Sener & Koltun; see ``representation_grads``). The θ-level inner products
+  of a z-level direction ``Σ_t c_t ∂L_t/∂z`` with the tasks are ``K_θ c``:
+  ``K_θ @ mtl.weightings.mgda(K_z)`` has a negative entry exactly when
+  MGDA-UB's step conflicts with that task.
+
+  Cost: one forward pass, T backward passes through the heads and T through
+  the encoder (vmapped), about a parameter-level ``value_and_jacobian``
+  step; a diagnostic to run now and then, not at every step.
+
+  Args:
+    encode: ``encode(encoder_params, inputs) -> z`` (any pytree ``z``), or
+      ``(z, aux)`` if ``encoder_has_aux``.
+    heads_losses: ``heads_losses(head_params, z, batch) -> [T] losses``, or
+      ``(losses, aux)`` if ``heads_has_aux``.
+    encoder_has_aux: whether ``encode`` returns ``(z, aux)``.
+    heads_has_aux: whether ``heads_losses`` returns ``(losses, aux)``.
+
+  Returns:
+    ``fn(encoder_params, head_params, inputs, batch) ->
+    RepresentationGramians``, a pure function to ``jax.jit``; the aux values
+    are discarded. ``θ_enc`` is all of ``encoder_params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, mtl_optax as mtl
+    >>> encode = lambda w, x: jnp.tanh(x @ w)
+    >>> def heads(h, z, y):
+    ...   return jnp.mean((z @ h.T - y) ** 2, axis=0)     # [T = 2]
+    >>> x = jax.random.normal(jax.random.PRNGKey(0), (8, 3))
+    >>> y = jnp.stack([x[:, 0], -x[:, 0] + x[:, 1]], axis=1)
+    >>> w = jax.random.normal(jax.random.PRNGKey(1), (3, 4)) * .5
+    >>> h = jax.random.normal(jax.random.PRNGKey(2), (2, 4))
+    >>> out = jax.jit(mtl.representation_gramians(encode, heads))(w, h, x, y)
+    >>> out.gram_z.shape, out.gram_theta.shape
+    ((2, 2), (2, 2))
+    >>> bool(out.jacobian_isotropy >= 1)
+    True
+  """
+  method = 'representation_gramians'
+  _checks.check_callable('encode', encode, method=method,
+                         hint='encode(encoder_params, inputs) -> z')
+  _checks.check_callable(
+      'heads_losses', heads_losses, method=method,
+      hint='heads_losses(head_params, z, batch) -> [T] losses')
+  _checks.check_bool('encoder_has_aux', encoder_has_aux, method=method)
+  _checks.check_bool('heads_has_aux', heads_has_aux, method=method)
+
+  def fn(encoder_params, head_params, inputs, batch):
+    z, encoder_vjp, _ = vjp_with_aux(
+        lambda p: encode(p, inputs), encoder_params, has_aux=encoder_has_aux)
+    losses, heads_vjp, _ = vjp_with_aux(
+        lambda zz: heads_losses(head_params, zz, batch), z,
+        has_aux=heads_has_aux)
+    t = check_task_losses(losses)
+    sequential = _explicitly_sharded((z, encoder_params, head_params, batch))
+    z_jacobian = _map_rows(lambda e: heads_vjp(e)[0],
+                           _cotangent(jnp.eye(t), losses), sequential)
+    theta_jacobian = _map_rows(lambda c: encoder_vjp(c)[0], z_jacobian,
+                               sequential)
+    gram_z = gram_lib.gramian(z_jacobian)
+    gram_theta = gram_lib.gramian(theta_jacobian)
+    return RepresentationGramians(
+        losses=losses, gram_z=gram_z, gram_theta=gram_theta,
+        jacobian_isotropy=diag_lib.jacobian_isotropy(gram_theta, gram_z))
+
+  return fn
 
 
 class _Problem(NamedTuple):
@@ -720,7 +831,9 @@ __all__ = [
     'jacobian_free_grads',
     'jacobian_free_gramian',
     'JacobianFreeGrads',
+    'RepresentationGramians',
     'RepresentationGrads',
+    'representation_gramians',
     'representation_grads',
     'stack_tasks',
     'value_and_jacobian',

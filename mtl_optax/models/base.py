@@ -290,6 +290,52 @@ class FunctionalModel:
 
     return step
 
+  def representation_gramians(self, task_losses: Mapping[str, TaskLoss], *,
+                              train: bool = True) -> Callable:
+    """Both levels' Gramians and the Jacobian isotropy, for one batch.
+
+    ``mtl.representation_gramians`` on this model: ``K_z`` of the per-task
+    gradients with respect to the encoder's output ``z`` (flattened over
+    the batch), ``K_θ`` of those with respect to the encoder's parameters,
+    and ``mtl.diagnostics.jacobian_isotropy(K_θ, K_z)`` (1 when the
+    encoder's Jacobian is isotropic on the tasks' span, the condition under
+    which the representation-level step conflicts with no task; see
+    ``mtl.representation_grads``). Costs about a parameter-level step.
+
+    Args:
+      task_losses: task -> ``fn(output, batch) -> scalar``.
+      train: BatchNorm mode (batch statistics in train mode; the new
+        statistics are discarded).
+
+    Returns:
+      ``fn(params, batch_stats, batch) -> mtl.RepresentationGramians``, a
+      pure function to ``jax.jit``.
+
+    Example:
+      >>> import jax, numpy as np
+      >>> from mtl_optax import models
+      >>> model = models.create('lenet_multimnist', rngs=0)
+      >>> fm = models.functional(model)
+      >>> rng = np.random.default_rng(0)
+      >>> batch = {'image': rng.uniform(size=(4, 28, 28, 1)).astype(np.float32),
+      ...          'left': rng.integers(0, 10, 4), 'right': rng.integers(0, 10, 4)}
+      >>> fn = fm.representation_gramians(
+      ...     models.default_task_losses('lenet_multimnist'))
+      >>> out = jax.jit(fn)(fm.params, fm.batch_stats, batch)
+      >>> out.gram_theta.shape, bool(out.jacobian_isotropy >= 1)
+      ((2, 2), True)
+    """
+    encode, heads_losses = self.representation_fns(task_losses, train=train)
+    inner = jacobian_lib.representation_gramians(
+        encode, heads_losses, encoder_has_aux=True, heads_has_aux=True)
+
+    def fn(params, batch_stats, batch):
+      return inner(params['encoder'], params['heads'],
+                   (batch_stats['encoder'], batch['image']),
+                   (batch_stats['heads'], batch))
+
+    return fn
+
   # -- back to the stateful model ---------------------------------------------
 
   def merge(self, params, batch_stats, *, train: bool = False
