@@ -531,8 +531,12 @@ def mgda(
   Solves problem (3), ``min_{α∈Δ} ‖Σ α_t g_t‖²`` exactly, by an active-set
   method inside ``lax.while_loop`` (closed form for T = 2); the paper's
   Frank-Wolfe (Algorithm 2) is ``solver='frank_wolfe'``. The direction
-  conflicts with no task: ``<d, g_t> ≥ ‖d‖² ≥ 0``. Task-specific leaves get
-  their plain gradients (Algorithm 2, line 2).
+  conflicts with no task: ``<d, g_t> ≥ ‖d‖² ≥ 0``, for the gradients it is
+  given. Task-specific leaves get their plain gradients (Algorithm 2, line
+  2). As MGDA-UB (``representation_grads(encode, heads, mtl.mgda())``) that
+  holds at the representation ``z``; at the encoder's parameters only when
+  its Jacobian is isotropic on the tasks' span
+  (``mtl.diagnostics.jacobian_isotropy``).
 
   Args:
     normalization: 'none' | 'l2' | 'loss' | 'loss+'. The last two need the

@@ -10,7 +10,12 @@ when T = 2. The paper's Frank-Wolfe (Algorithm 2, with the exact two-point
 line search of Algorithm 1) stays selectable (``solver='frank_wolfe'``), as
 does Frank-Wolfe with away steps (``'frank_wolfe_away'``).
 Désidéri (2012): the solution is either 0 (a Pareto-stationary point) or a
-direction ``d`` with ``<d, g_t> ≥ ‖d‖² > 0`` for every task.
+direction ``d`` with ``<d, g_t> ≥ ‖d‖² > 0`` for every task, for the
+gradients in ``K``. On the Gramian of ``∂L_t/∂z`` (MGDA-UB) that is the
+representation ``z``; the encoder's parameters inherit it only when the
+encoder's Jacobian is isotropic on the tasks' span
+(``mtl_optax.diagnostics.jacobian_isotropy``; see
+``mtl_optax.representation_grads``).
 
 Readings of the paper (documented choices):
 - Algorithm 2, line 10 writes ``argmax_r Σ_t α_t M_rt``; Frank-Wolfe's linear
