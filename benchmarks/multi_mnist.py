@@ -181,7 +181,7 @@ def splits(valid_size: int) -> tuple[str, str]:
 
 
 def train_run(spec: str, *, data_dir: str, workdir: pathlib.Path,
-              valid_size: int, learning_rate: float, seed: int, epochs: float,
+              geometry: str, valid_size: int, learning_rate: float, seed: int, epochs: float,
               decay_epochs: tuple[float, ...], eval_every: float,
               with_test: bool, progress: bool) -> dict:
   """Trains (or resumes, or reads) one run; returns its ``result.json``."""
@@ -193,7 +193,7 @@ def train_run(spec: str, *, data_dir: str, workdir: pathlib.Path,
   train_split, valid_split = splits(valid_size)
   config = mnist_config.get_config(
       method=name, level=level, method_kwargs=kwargs, data_dir=data_dir,
-      train_split=train_split, eval_split=valid_split,
+      dataset_options={'config': geometry}, train_split=train_split, eval_split=valid_split,
       extra_eval_splits=(TEST_SPLIT,) if with_test else (),
       num_epochs=epochs, lr_decay_epochs=decay_epochs,
       learning_rate=learning_rate, seed=seed, eval_every_epochs=eval_every,
@@ -249,7 +249,7 @@ def select(methods, *, args) -> dict:
       record = train_run(
           spec, data_dir=args.data_dir,
           workdir=pathlib.Path(args.workdir) / 'select' / run_name(spec)
-          / f'lr{lr:g}', valid_size=args.valid_size,
+          / f'lr{lr:g}', geometry=args.geometry, valid_size=args.valid_size,
           learning_rate=lr, seed=args.select_seed, epochs=args.epochs,
           decay_epochs=scaled_decay(args.epochs), eval_every=args.epochs,
           with_test=False, progress=not args.no_progress)
@@ -263,7 +263,8 @@ def select(methods, *, args) -> dict:
     chosen[spec] = best['learning_rate']
     _write_json(out, {'epochs': args.epochs,
                       'decay_epochs': scaled_decay(args.epochs),
-                      'seed': args.select_seed, 'train_split': train_split,
+                      'seed': args.select_seed, 'geometry': args.geometry,
+                      'train_split': train_split,
                       'valid_split': valid_split, 'chosen': chosen,
                       'runs': runs})
   return chosen
@@ -287,7 +288,8 @@ def final(methods, *, args) -> list[dict]:
       record = train_run(
           spec, data_dir=args.data_dir,
           workdir=pathlib.Path(args.workdir) / 'final' / run_name(spec)
-          / f'lr{lr:g}_seed{seed}', valid_size=args.valid_size,
+          / f'lr{lr:g}_seed{seed}', geometry=args.geometry,
+          valid_size=args.valid_size,
           learning_rate=lr, seed=seed, epochs=args.final_epochs,
           decay_epochs=scaled_decay(args.final_epochs),
           eval_every=args.final_epochs * FINAL_EVAL_EVERY / FULL_EPOCHS,
@@ -304,7 +306,9 @@ def final(methods, *, args) -> list[dict]:
 
 
 def protocol_text(selection: dict, epochs: float) -> str:
-  return (f'LeNet, batch 256, SGD momentum 0.9; trained on '
+  return (f'MultiMNIST geometry `{selection.get("geometry", "?")}` '
+          '(`mtl_optax.data.multi_mnist`). '
+          f'LeNet, batch 256, SGD momentum 0.9; trained on '
           f'`{selection["train_split"]}`, validation '
           f'`{selection["valid_split"]}`, test `{TEST_SPLIT}`. Rate chosen '
           'from '
@@ -455,6 +459,10 @@ def main(argv=None):
   parser.add_argument('--valid-size', type=int, default=10_000,
                       help='the last this many training images are the '
                       'validation split')
+  parser.add_argument('--geometry', default='sener_koltun',
+                      choices=('sener_koltun', 'area'),
+                      help="the MultiMNIST builder config (default: the "
+                      "papers' code)")
   parser.add_argument('--select-seed', type=int, default=0)
   parser.add_argument('--seeds', type=int, default=3,
                       help="final: seeds of Table 2's rows")
@@ -476,7 +484,8 @@ def main(argv=None):
   # Before any training: an unprepared --data-dir fails here, with the
   # command that prepares it.
   from mtl_optax import data
-  data.num_examples('multi_mnist', TEST_SPLIT, data_dir=args.data_dir)
+  data.num_examples('multi_mnist', TEST_SPLIT, data_dir=args.data_dir,
+                    config=args.geometry)
   pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
   if args.stage == 'select':

@@ -39,15 +39,24 @@ def _block_mean(x, k):
 # ---------------------------------------------------------------- MultiMNIST
 
 
-def _reference_overlay(top_left, bottom_right):
-  """The documented construction, pixel by pixel: 36² canvas, max, area."""
+def _reference_overlay(top_left, bottom_right, config='sener_koltun'):
+  """The documented construction, pixel by pixel: 36² canvas, max, resize.
+
+  'sener_koltun': offset 6 and PIL's nearest-neighbour resize (what the
+  papers' code calls); 'area': offset 8 and a 9/7 box filter.
+  """
+  offset = {'sener_koltun': 6, 'area': 8}[config]
   canvas = np.zeros((36, 36))
   for r in range(28):
     for c in range(28):
       canvas[r, c] = top_left[r, c]
   for r in range(28):
     for c in range(28):
-      canvas[r + 8, c + 8] = max(canvas[r + 8, c + 8], bottom_right[r, c])
+      canvas[r + offset, c + offset] = max(canvas[r + offset, c + offset],
+                                           bottom_right[r, c])
+  if config == 'sener_koltun':
+    return np.asarray(Image.fromarray(canvas.astype(np.uint8)).resize(
+        (28, 28), Image.NEAREST))
   # 36 -> 28 is a factor 9/7: on a 7x finer grid each output pixel is a 9x9
   # block.
   fine = np.kron(canvas, np.ones((7, 7)))
@@ -67,14 +76,20 @@ def _hand_digits():
   return np.stack([a, b, c, d])
 
 
-def test_overlay_matches_the_pixelwise_reference():
+@pytest.mark.parametrize('config', ['sener_koltun', 'area'])
+def test_overlay_matches_the_pixelwise_reference(config):
   digits = _hand_digits()
   pairs = [(0, 1), (1, 0), (2, 3), (3, 2), (1, 2)]
   got = multi_mnist.overlay(digits[[p[0] for p in pairs]],
-                            digits[[p[1] for p in pairs]])
+                            digits[[p[1] for p in pairs]], config=config)
   for k, (i, j) in enumerate(pairs):
-    np.testing.assert_array_equal(got[k], _reference_overlay(digits[i],
-                                                             digits[j]))
+    np.testing.assert_array_equal(
+        got[k], _reference_overlay(digits[i], digits[j], config))
+
+
+def test_unknown_multi_mnist_config_names_the_configs():
+  with pytest.raises(ValueError, match="'area', 'sener_koltun'"):
+    multi_mnist.overlay(_hand_digits(), _hand_digits(), config='bilinear')
 
 
 def test_pairing_is_deterministic_uniform_and_never_self():
@@ -122,8 +137,9 @@ def prepared_multi_mnist(tmp_path_factory):
   mnist_dir = root / 'mnist'
   mnist_dir.mkdir()
   splits = fake_mnist.write_mnist(mnist_dir, n_train=6, n_test=4, seed=1)
-  multi_mnist.prepare(data_dir=root / 'tfds', mnist_dir=mnist_dir,
-                      verify_checksums=False)
+  for config in ('sener_koltun', 'area'):
+    multi_mnist.prepare(data_dir=root / 'tfds', mnist_dir=mnist_dir,
+                        verify_checksums=False, config=config)
   return root, splits
 
 
@@ -148,6 +164,14 @@ def test_multi_mnist_builder_and_load(prepared_multi_mnist):
     for i in range(n):
       want = _reference_overlay(images[i], images[j[i]]) / 255.0
       np.testing.assert_allclose(got['image'][i, :, :, 0], want, atol=1e-6)
+    # The other geometry, by the load option.
+    area = _all_batches(data.load(
+        'multi_mnist', split, data_dir=root / 'tfds', batch_size=3,
+        shuffle=False, drop_remainder=False, num_epochs=1, config='area'))
+    np.testing.assert_array_equal(area['right'], labels[j])
+    for i in range(n):
+      want = _reference_overlay(images[i], images[j[i]], 'area') / 255.0
+      np.testing.assert_allclose(area['image'][i, :, :, 0], want, atol=1e-6)
   # The builder is registered with tfds under its name.
   assert len(tfds.data_source('multi_mnist', split='test',
                               data_dir=root / 'tfds')) == 4
