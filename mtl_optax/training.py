@@ -27,6 +27,11 @@ exactly once::
     config = training.Config(model='lenet_multimnist', dataset='multi_mnist',
                              method='aligned_mtl', data_dir=DIR)
     result = training.train(config, workdir='/tmp/run')
+
+A learning-rate (and seed) grid of one method runs as one program:
+``train(config, sweep={'learning_rate': [1e-3, 3e-3]})`` stacks the runs'
+states and ``jax.vmap``s the step over them, the batches shared (see
+``build_sweep``); it checkpoints and resumes like a single run.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import itertools
 import json
 import math
 import os
@@ -42,7 +48,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
+from typing import (Any, Callable, Iterable, Iterator, Mapping, NamedTuple,
+                    Sequence)
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +79,11 @@ PyTree = Any
 Batch = Mapping[str, Any]
 
 LEVELS = ('parameter', 'representation')
+
+# The Config fields a sweep may vary: they change the runs' initial states
+# only (a run's learning rate lives in its optimizer state), never the
+# compiled step.
+SWEEPABLE = ('learning_rate', 'seed')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,17 +215,156 @@ class Experiment(NamedTuple):
   eval_step: Callable[[Any, TrainState, Batch], Any]
   steps_per_epoch: int
   num_steps: int
+  # A sweep's runs (``build_sweep``): each run's Config overrides, in the
+  # order of the state's leading run axis; None for a single run.
+  runs: tuple[dict[str, Any], ...] | None = None
+
+
+# The vmap axes of a sweep's stacked ``TrainState``: the step is shared.
+RUN_AXES = TrainState(step=None, params=0, batch_stats=0, opt_state=0,
+                      aggregator_state=0)
 
 
 class TrainResult(NamedTuple):
+  """What ``train`` returns.
+
+  For a sweep (``train(..., sweep=...)``) every array of ``state`` but
+  ``step`` has a leading run axis ``R``, the per-step ``history`` arrays
+  have it after the step axis (``losses`` ``[S, R, T]``, ``dominance_rate``
+  ``[S, R]``, ...), each evaluation's ``'metrics'`` (and each split of
+  ``'extra_metrics'``) is a list of ``R`` per-run dicts, and ``runs[r]`` is
+  run ``r``'s overrides (``{'learning_rate': ..., 'seed': ...}``);
+  ``run(r)`` gives run ``r`` alone, shaped as a single run's result.
+  """
   state: TrainState
   history: dict[str, np.ndarray]   # per-step arrays: losses [S, T], ...
   evaluations: list[dict[str, Any]]
-  seconds_per_step: float
+  seconds_per_step: float          # per step of all the runs together
   # The signal ('SIGTERM', 'SIGINT') that stopped the run early, after a
   # checkpoint at ``state.step``; None when the run reached its end (or
   # ``stop_after``).
   interrupted: str | None = None
+  runs: tuple[dict[str, Any], ...] | None = None
+
+  def run(self, r: int) -> 'TrainResult':
+    """Run ``r`` of a sweep, as a single run's ``TrainResult``.
+
+    Args:
+      r: the run's index in ``runs``.
+
+    Returns:
+      The result with run ``r``'s state, history and evaluations (its
+      ``opt_state`` holds the run's ``RunLearningRateState`` too);
+      ``seconds_per_step`` stays that of the whole sweep.
+
+    Raises:
+      ValueError: the result is not a sweep's.
+    """
+    if self.runs is None:
+      raise ValueError('run(r) selects a run of a sweep; this result is a '
+                       "single run's (train(..., sweep=None)): use it as is.")
+    return self._replace(
+        state=select_run(self.state, r),
+        history={k: v[:, r] for k, v in self.history.items()},
+        evaluations=[_evaluation_of_run(e, r) for e in self.evaluations],
+        runs=None)
+
+
+def select_run(state: TrainState, r: int) -> TrainState:
+  """Run ``r``'s state in a sweep's stacked ``TrainState``."""
+  pick = lambda x: x[r]
+  return TrainState(state.step, *(jax.tree.map(pick, getattr(state, f))
+                                  for f in TrainState._fields[1:]))
+
+
+def _evaluation_of_run(evaluation: Mapping[str, Any], r: int
+                       ) -> dict[str, Any]:
+  """A sweep's evaluation record reduced to run ``r`` (a single run's)."""
+  out = {'step': evaluation['step'], 'metrics': evaluation['metrics'][r]}
+  if 'extra_metrics' in evaluation:
+    out['extra_metrics'] = {split: metrics[r] for split, metrics
+                            in evaluation['extra_metrics'].items()}
+  return out
+
+
+def _sweep_values(field: str, values: Any) -> list[Any]:
+  """One sweep axis's values, checked and as Python numbers."""
+  example = "e.g. sweep={'learning_rate': [1e-3, 3e-3], 'seed': [0, 1]}"
+  if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+    raise ValueError(f'sweep[{field!r}] must be a list of values, got '
+                     f'{values!r}; {example}.')
+  if not values:
+    raise ValueError(f'sweep[{field!r}] is empty: give it at least one '
+                     f'value, or leave {field!r} out; {example}.')
+  out = []
+  for value in values:
+    number = isinstance(value, (int, float, np.integer, np.floating)
+                        ) and not isinstance(value, (bool, np.bool_))
+    if field == 'seed':
+      if not number or isinstance(value, (float, np.floating)):
+        raise ValueError(f"sweep['seed'] values must be integers, got "
+                         f'{value!r}; {example}.')
+      out.append(int(value))
+    else:
+      if not number or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"sweep['learning_rate'] values must be positive "
+                         f'finite numbers, got {value!r}; {example}.')
+      out.append(float(value))
+  if len(set(out)) < len(out):
+    raise ValueError(f'sweep[{field!r}] repeats a value ({values!r}): the '
+                     'runs would be identical; give each value once.')
+  return out
+
+
+def sweep_axes(sweep: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+  """``sweep`` checked, its values as Python numbers (its order kept).
+
+  Args:
+    sweep: ``{field: values}`` with ``field`` one of ``SWEEPABLE``
+      (``'learning_rate'``: positive finite numbers; ``'seed'``:
+      integers), each list non-empty, without repeats.
+
+  Returns:
+    ``{field: [values]}``.
+
+  Raises:
+    ValueError: another field, an empty or repeating list, or a value of the
+      wrong kind; the message says what to give.
+  """
+  if not isinstance(sweep, Mapping) or not sweep:
+    raise ValueError(f'sweep must be a non-empty dict {{field: values}} of '
+                     f'the fields {", ".join(SWEEPABLE)}, got {sweep!r}.')
+  unknown = [k for k in sweep if k not in SWEEPABLE]
+  if unknown:
+    raise ValueError(
+        f'cannot sweep {", ".join(map(repr, unknown))}: the sweepable fields '
+        f'are {", ".join(SWEEPABLE)} (they change only the initial state). '
+        'Train other settings as separate runs (Config.replace).')
+  return {field: _sweep_values(field, values)
+          for field, values in sweep.items()}
+
+
+def sweep_runs(sweep: Mapping[str, Sequence[Any]]
+               ) -> tuple[dict[str, Any], ...]:
+  """The runs of ``sweep``: the product of its axes, in lexicographic order.
+
+  Args:
+    sweep: ``{field: values}`` (see ``sweep_axes``).
+
+  Returns:
+    One ``{field: value}`` dict per run, the axes in ``sweep``'s order, its
+    last axis varying fastest.
+
+  Raises:
+    ValueError: an invalid sweep (see ``sweep_axes``).
+
+  Example:
+    >>> sweep_runs({'learning_rate': [1e-3, 1e-2], 'seed': [0, 1]})[:2]
+    ({'learning_rate': 0.001, 'seed': 0}, {'learning_rate': 0.001, 'seed': 1})
+  """
+  axes = sweep_axes(sweep)
+  return tuple(dict(zip(axes, values))
+               for values in itertools.product(*axes.values()))
 
 
 # -- building blocks ----------------------------------------------------------
@@ -241,6 +392,49 @@ def make_optimizer(config: Config, schedule: optax.Schedule
     return tx
   raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'adam', "
                    "'adamw' or 'sgd'.")
+
+
+class RunLearningRateState(NamedTuple):
+  """The learning rate of one run (``scale_by_run_learning_rate``)."""
+  learning_rate: jax.Array     # float32 scalar
+
+
+def scale_by_run_learning_rate(learning_rate: float
+                               ) -> optax.GradientTransformation:
+  """Multiplies the updates by a learning rate that its state holds.
+
+  ``init`` stores ``learning_rate``; ``update`` reads the rate from the
+  state only. So the states of runs with different rates, stacked, share
+  one update function: ``jax.vmap`` runs a learning-rate grid. Chained after
+  an optimizer built at rate 1 (``make_optimizer`` with the schedule at
+  ``learning_rate=1``), it gives that optimizer at ``learning_rate``:
+  ``make_optimizer``'s optimizers all end with the learning-rate scaling.
+
+  Args:
+    learning_rate: the rate ``init`` puts in the state.
+
+  Returns:
+    An ``optax.GradientTransformation`` with a ``RunLearningRateState``.
+  """
+
+  def init(params):
+    del params
+    return RunLearningRateState(jnp.asarray(learning_rate, jnp.float32))
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u: state.learning_rate.astype(u.dtype) * u,
+                        updates), state
+
+  return optax.GradientTransformation(init, update)
+
+
+def _run_learning_rate(opt_state: PyTree) -> jax.Array:
+  """The ``RunLearningRateState``'s rate inside an optimizer state."""
+  found = [x for x in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, RunLearningRateState))
+           if isinstance(x, RunLearningRateState)]
+  return found[0].learning_rate
 
 
 def _on_task(task: str, metric: metrics_lib.Metric,
@@ -469,6 +663,65 @@ def build(config: Config, *, num_train_examples: int) -> Experiment:
   Returns:
     An ``Experiment``.
   """
+  return _build(config, num_train_examples=num_train_examples,
+                rate_in_state=False)
+
+
+def build_sweep(config: Config, sweep: Mapping[str, Sequence[Any]], *,
+                num_train_examples: int) -> Experiment:
+  """Builds the runs of ``sweep`` as one vmapped ``Experiment``.
+
+  Run ``r`` is ``config.replace(**runs[r])`` (``runs = sweep_runs(sweep)``).
+  The runs differ only in their initial state: each run's model is
+  initialised with its seed (``create_model``), its method's PRNG key (in
+  the aggregator state) is seeded with it, and its learning rate is held
+  in its optimizer state (the optimizer is built at rate 1 and followed by
+  ``scale_by_run_learning_rate``; the schedule's decays apply to every
+  run). The states are stacked along a leading run axis (``RUN_AXES``: the
+  step is shared) and the steps are ``jax.vmap``-ed over it, every batch
+  shared by all runs. One step of ``R`` runs costs about one run's time
+  where one run leaves the accelerator idle; on a 2-core CPU, which one run
+  already fills, R = 6 LeNet runs cost about 1.3-1.5 times as much per run
+  as sequential runs.
+
+  Args:
+    config: the runs' common ``Config``.
+    sweep: ``{field: values}`` of ``SWEEPABLE`` fields (``sweep_runs``).
+    num_train_examples: size of the training split (for epochs → steps).
+
+  Returns:
+    An ``Experiment`` whose ``init_state`` is stacked, whose ``train_step``
+    and ``eval_step`` take and return stacked states (and metric states)
+    and whose ``runs`` are the runs' overrides.
+
+  Raises:
+    ValueError: an invalid sweep (``sweep_axes``) or config.
+  """
+  runs = sweep_runs(sweep)
+  built = [_build(config.replace(**run), num_train_examples=num_train_examples,
+                  rate_in_state=True) for run in runs]
+  # Every run's step is the same function of its state (a method's seed
+  # only seeds the key that its init puts in the state): run 0's serves all.
+  first = built[0]
+  stack = lambda *xs: jnp.stack(xs)
+  init_state = TrainState(first.init_state.step, *(
+      jax.tree.map(stack, *(getattr(e.init_state, field) for e in built))
+      for field in TrainState._fields[1:]))
+  options = step_compiler_options(config)
+  train_step = jax.vmap(first.train_step.__wrapped__, in_axes=(RUN_AXES, None),
+                        out_axes=(RUN_AXES, 0))
+  eval_step = jax.vmap(first.eval_step.__wrapped__,
+                       in_axes=(0, RUN_AXES, None))
+  return first._replace(
+      config=config, init_state=init_state,
+      train_step=compiler.jit(train_step, options=options, donate_argnums=0),
+      eval_step=compiler.jit(eval_step, options=options), runs=runs)
+
+
+def _build(config: Config, *, num_train_examples: int,
+           rate_in_state: bool) -> Experiment:
+  """``build``; with ``rate_in_state``, the learning rate lives in the
+  optimizer state (``scale_by_run_learning_rate``), for ``build_sweep``."""
   from mtl_optax import models   # the zoo imports flax layers: import late
 
   _check_config(config)
@@ -480,8 +733,17 @@ def build(config: Config, *, num_train_examples: int) -> Experiment:
   steps_per_epoch = max(num_train_examples // config.batch_size, 1)
   num_steps = config.num_steps or max(
       int(math.ceil(config.num_epochs * steps_per_epoch)), 1)
-  schedule = learning_rate_schedule(config, steps_per_epoch)
-  optimizer = make_optimizer(config, schedule)
+  if rate_in_state:
+    schedule = learning_rate_schedule(config.replace(learning_rate=1.0),
+                                      steps_per_epoch)
+    optimizer = optax.chain(make_optimizer(config, schedule),
+                            scale_by_run_learning_rate(config.learning_rate))
+    learning_rate = lambda state: (schedule(state.step) *
+                                   _run_learning_rate(state.opt_state))
+  else:
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    optimizer = make_optimizer(config, schedule)
+    learning_rate = lambda state: schedule(state.step)
 
   method_kwargs = dict(config.method_kwargs)
   if config.level == 'parameter':
@@ -506,7 +768,7 @@ def build(config: Config, *, num_train_examples: int) -> Experiment:
           agg_state.last_skipped, state.params, updates, opt_state,
           state.opt_state)
       new = TrainState(state.step + 1, params, batch_stats, opt_state, ())
-      return new, _log(losses, agg_state, schedule(state.step), t)
+      return new, _log(losses, agg_state, learning_rate(state), t)
 
   else:
     rep_step = fm.representation_step(task_losses, aggregator, train=True)
@@ -525,7 +787,7 @@ def build(config: Config, *, num_train_examples: int) -> Experiment:
       new = TrainState(state.step + 1, params, out.batch_stats, opt_state,
                        out.aggregator_state)
       return new, _log(out.losses, out.aggregator_state,
-                       schedule(state.step), t)
+                       learning_rate(state), t)
 
   eval_metrics = default_eval_metrics(
       config.dataset, tasks, capacity=_eval_capacity(config))
@@ -577,23 +839,37 @@ def _log(losses, agg_state, learning_rate, t) -> StepLog:
                  jnp.asarray(learning_rate, jnp.float32))
 
 
+Metrics = dict[str, dict[str, float]]     # {name: {metric: value}}
+
+
 def evaluate(experiment: Experiment, state: TrainState,
-             batches: Iterable[Batch]) -> dict[str, dict[str, float]]:
+             batches: Iterable[Batch]) -> Metrics | list[Metrics]:
   """The evaluation metrics over ``batches`` (BatchNorm in eval mode).
 
   Returns:
-    ``{name: {metric: value}}`` as Python floats.
+    ``{name: {metric: value}}`` as Python floats; for a sweep's experiment
+    (``build_sweep``) a list of them, one per run.
   """
+  runs = experiment.runs
   metric_states = {name: spec.metric.init()
                    for name, spec in experiment.eval_metrics.items()}
+  if runs is not None:
+    metric_states = jax.tree.map(lambda x: jnp.stack([x] * len(runs)),
+                                 metric_states)
   for i, batch in enumerate(batches):
     if (experiment.config.max_eval_batches is not None
         and i >= experiment.config.max_eval_batches):
       break
     metric_states = experiment.eval_step(metric_states, state, batch)
-  return {name: {k: float(v) for k, v in
-                 spec.metric.compute(metric_states[name]).items()}
-          for name, spec in experiment.eval_metrics.items()}
+  computed = {name: (spec.metric.compute if runs is None
+                     else jax.vmap(spec.metric.compute))(metric_states[name])
+              for name, spec in experiment.eval_metrics.items()}
+  computed = jax.device_get(computed)
+  if runs is None:
+    return {name: {k: float(v) for k, v in values.items()}
+            for name, values in computed.items()}
+  return [{name: {k: float(v[r]) for k, v in values.items()}
+           for name, values in computed.items()} for r in range(len(runs))]
 
 
 # -- checkpoints ----------------------------------------------------------------
@@ -664,6 +940,31 @@ def _saved_items(manager, step: int) -> set[str]:
   return set(manager.item_metadata(step).keys())
 
 
+def _saved_runs(manager) -> list[dict[str, Any]] | None:
+  """The runs of the latest checkpoint's record (None: a single run)."""
+  import orbax.checkpoint as ocp
+  step = manager.latest_step()
+  if step is None or 'meta' not in _saved_items(manager, step):
+    return None
+  return manager.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore())).meta.get('runs')
+
+
+def _check_same_runs(saved: list[dict[str, Any]] | None,
+                     runs: tuple[dict[str, Any], ...] | None,
+                     workdir: Any) -> None:
+  """Raises unless a checkpoint of the runs ``saved`` (its record's; None:
+  a single run) is one of ``runs``."""
+  wanted = None if runs is None else [dict(r) for r in runs]
+  if saved != wanted:
+    describe = lambda x: ('a single run' if x is None
+                          else f'the sweep runs {x}')
+    raise ValueError(
+        f'{workdir} holds a checkpoint of {describe(saved)}, not of '
+        f'{describe(wanted)}: resume it with the same sweep (train(sweep=...)'
+        ', --sweep, in the same order), or use another workdir.')
+
+
 # -- the log, signals ---------------------------------------------------------------
 
 
@@ -707,18 +1008,24 @@ def _floats(values) -> list[float]:
   return [float(str(v)) for v in np.asarray(values).reshape(-1)]
 
 
-def _step_records(chunk: Mapping[str, np.ndarray], first: int
-                  ) -> Iterator[dict[str, Any]]:
-  """One ``log.jsonl`` record per step of ``chunk`` (steps first, ...)."""
+def _record_value(field: str, value: np.ndarray) -> Any:
+  """One run's value of ``field`` at one step, for ``log.jsonl``."""
+  if field == 'skipped':
+    return bool(value)
+  if field in ('losses', 'weights'):
+    return _floats(value)
+  return _floats(value)[0]       # the learning rate, the Gramian diagnostics
+
+
+def _step_records(chunk: Mapping[str, np.ndarray], first: int,
+                  sweep: bool = False) -> Iterator[dict[str, Any]]:
+  """One ``log.jsonl`` record per step of ``chunk`` (steps first, ...); in
+  a sweep every field holds a list of the runs' values."""
   for i in range(len(chunk['losses'])):
-    record = {'step': first + i,
-              'losses': _floats(chunk['losses'][i]),
-              'weights': _floats(chunk['weights'][i]),
-              'skipped': bool(chunk['skipped'][i]),
-              'learning_rate': _floats(chunk['learning_rate'][i])[0]}
-    for field, values in chunk.items():   # the Gramian diagnostics
-      if field not in record and field != 'losses':
-        record[field] = _floats(values[i])[0]
+    record = {'step': first + i}
+    for field, values in chunk.items():
+      record[field] = ([_record_value(field, v) for v in values[i]] if sweep
+                       else _record_value(field, values[i]))
     yield record
 
 
@@ -741,6 +1048,39 @@ def _eval_summary(metrics: Mapping[str, Mapping[str, float]], limit: int = 4
           pooled.setdefault(name, []).append(value)
     items = [(f'mean/{name}', float(np.mean(v))) for name, v in pooled.items()]
   return ' '.join(f'{k}={v:.4g}' for k, v in items[:limit])
+
+
+def _progress(chunk: Mapping[str, np.ndarray]) -> dict[str, str]:
+  """The progress bar's loss and dominance entries at ``chunk``'s last
+  step: the first tasks' losses, or in a sweep each run's summed loss."""
+  losses, dominance = chunk['losses'][-1], chunk['dominance_rate'][-1]
+  if losses.ndim == 1:
+    return {'loss': ' '.join(f'{x:.3f}' for x in losses[:4]),
+            'dominance': f'{float(dominance):.3g}'}
+  return {'loss/run': ' '.join(f'{x:.3f}' for x in losses.sum(-1)[:8]),
+          'dominance': f'{float(np.mean(dominance)):.3g}'}
+
+
+def _eval_lines(evaluation: Mapping[str, Any],
+                runs: Sequence[Mapping[str, Any]] | None) -> list[str]:
+  """The lines an evaluation writes above the progress bar (one per run)."""
+  step, metrics = evaluation['step'], evaluation['metrics']
+  if runs is None:
+    return [f'step {step}: {_eval_summary(metrics, limit=1_000)}']
+  return [f'step {step} run {r} ({_run_text(run)}): '
+          f'{_eval_summary(m, limit=1_000)}'
+          for r, (run, m) in enumerate(zip(runs, metrics))]
+
+
+def _eval_postfix(metrics: Any) -> str:
+  """The progress bar's latest evaluation (its first metric per run)."""
+  if isinstance(metrics, Mapping):
+    return _eval_summary(metrics)
+  return ' | '.join(_eval_summary(m, limit=1) for m in metrics)
+
+
+def _run_text(run: Mapping[str, Any]) -> str:
+  return ' '.join(f'{k}={v:g}' for k, v in run.items())
 
 
 class _StopSignals:
@@ -816,7 +1156,8 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
           data_fn: Callable[..., Iterator[Batch]] | None = None,
           num_train_examples: int | None = None,
           stop_after: int | None = None,
-          mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+          mesh: jax.sharding.Mesh | None = None,
+          sweep: Mapping[str, Sequence[Any]] | None = None) -> TrainResult:
   """Trains ``config``; resumes from ``workdir``'s latest checkpoint.
 
   With a ``workdir``, a run survives being killed: checkpoints are saved
@@ -831,6 +1172,24 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
   ``interrupted`` events, written and flushed every ``log_every_steps``
   steps; a resumed run first drops the records after its checkpoint's step,
   so the log holds every step exactly once however the run was stopped.
+
+  With a ``sweep`` (e.g. ``{'learning_rate': [1e-3, 3e-3, 1e-2], 'seed':
+  [0, 1]}``), the runs of the product of its axes (``sweep_runs``: in
+  lexicographic order, the last axis fastest) train as one program
+  (``build_sweep``): their states are stacked and the step is
+  ``jax.vmap``-ed over them. All runs read the same batches, in the order
+  that ``config.seed`` gives: a seed sweep varies the initialisation and
+  the method's randomness, not the data order. Run ``r`` trains as
+  ``config.replace(**runs[r])`` would, up to float rounding (the vmapped
+  program computes the same values by other kernels). The history and the
+  evaluations get a run axis (see ``TrainResult``; ``result.run(r)`` is run
+  ``r`` alone); every ``log.jsonl`` step record holds the runs' values as
+  lists (``losses`` ``[R][T]``, ``learning_rate`` ``[R]``: each run's rate
+  × the schedule, ...), the config record has ``sweep`` and ``runs``. A
+  checkpoint holds all the runs and resumes only with the same sweep. On a
+  CPU, sequential runs are faster (one run fills its cores: R = 6 vmapped
+  LeNet runs cost 1.3-1.5× as much per run); the grid pays off on an
+  accelerator that one run leaves idle.
 
   Args:
     config: the run.
@@ -853,6 +1212,9 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
       the global-batch per-task gradients (see ``mtl_optax.sharding``). In a
       multi-process run each process's loader yields its own part of the
       batch. None: the default device.
+    sweep: ``{field: values}`` of the fields ``SWEEPABLE``
+      (``'learning_rate'``, ``'seed'``) overriding ``config``'s; None: the
+      single run ``config``.
 
   Returns:
     A ``TrainResult``: the final state, the per-step history of this call
@@ -861,8 +1223,15 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
     checkpoint), the mean seconds per training step over the whole run (the
     first two steps of each call, evaluation and checkpoints excluded; the
     input pipeline included) and ``interrupted``: the signal's name if a
-    signal stopped the run early.
+    signal stopped the run early; for a sweep, ``runs``, each run's
+    overrides, and a run axis in the state, history and evaluations (see
+    ``TrainResult``).
+
+  Raises:
+    ValueError: an invalid ``sweep`` (the message names the fix), or a
+      ``workdir`` whose checkpoint is of other runs.
   """
+  axes = None if sweep is None else sweep_axes(sweep)   # fail fast
   data_fn = data_fn or (lambda split, **kw: _default_data(config, split, **kw))
   manager = _checkpoint_manager(workdir) if workdir is not None else None
 
@@ -874,11 +1243,29 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
   stream = train_stream()
   if num_train_examples is None:
     num_train_examples = stream.num_examples
-  experiment = build(config, num_train_examples=num_train_examples)
+  if axes is None:
+    experiment = build(config, num_train_examples=num_train_examples)
+  else:
+    experiment = build_sweep(config, axes,
+                             num_train_examples=num_train_examples)
+  runs = experiment.runs
   # The step donates its input state: keep the experiment's own intact.
   state = jax.tree.map(jnp.copy, experiment.init_state)
-  restored = (restore_checkpoint(manager, state, with_meta=True)
-              if manager else None)
+  restored = None
+  if manager is not None:
+    try:
+      try:
+        restored = restore_checkpoint(manager, state, with_meta=True)
+      except Exception:     # another sweep's state, most likely: say so
+        _check_same_runs(_saved_runs(manager), runs, workdir)
+        raise
+      if restored is not None:
+        _check_same_runs(restored[2].get('runs'), runs, workdir)
+    except BaseException:
+      manager.close()
+      if hasattr(stream, 'close'):
+        stream.close()
+      raise
   meta: dict[str, Any] = {}
   if restored is not None:
     state, data_state, meta = restored
@@ -920,7 +1307,9 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
     _truncate_log(log_path, None if restored is None else first_step)
     log_file = open(log_path, 'a')
     if restored is None:
-      write_log({'config': config.to_dict()})
+      write_log({'config': config.to_dict()} if runs is None else
+                {'config': config.to_dict(), 'sweep': axes,
+                 'runs': list(runs)})
     else:
       write_log({'resumed': {'step': first_step, 'time': time.time()}})
       print(f'resumed from step {first_step}'
@@ -936,11 +1325,13 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
   bar = None
   if progress:
     from tqdm.auto import tqdm
+    runs_text = '' if runs is None else f', {len(runs)} runs'
     bar = tqdm(total=experiment.num_steps, initial=first_step,
-               desc=f'{config.method} ({config.level})', unit='step')
+               desc=f'{config.method} ({config.level}{runs_text})',
+               unit='step')
   postfix: dict[str, Any] = {}
   if evaluations:
-    postfix['eval'] = _eval_summary(evaluations[-1]['metrics'])
+    postfix['eval'] = _eval_postfix(evaluations[-1]['metrics'])
 
   history: dict[str, list[np.ndarray]] = {}
   pending: list[StepLog] = []
@@ -967,11 +1358,10 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
     for k, v in chunk.items():
       history.setdefault(k, []).append(v)
     if bar is not None:
-      postfix['loss'] = ' '.join(f'{x:.3f}' for x in chunk['losses'][-1][:4])
-      postfix['dominance'] = f"{float(chunk['dominance_rate'][-1]):.3g}"
+      postfix.update(_progress(chunk))
       bar.set_postfix(postfix, refresh=False)
     if log_file is not None:
-      for record in _step_records(chunk, logged[0] + 1):
+      for record in _step_records(chunk, logged[0] + 1, runs is not None):
         write_log(record)
       log_file.flush()
     logged[0] += len(pending)
@@ -987,18 +1377,19 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
   def run_eval():
     if config.eval_split is None:
       return
-    result = {'step': int(state.step),
-              'metrics': eval_split(config.eval_split)}
+    result = {'step': int(state.step)}
+    if runs is not None:
+      result['runs'] = list(runs)
+    result['metrics'] = eval_split(config.eval_split)
     if config.extra_eval_splits:
       result['extra_metrics'] = {split: eval_split(split)
                                  for split in config.extra_eval_splits}
     evaluations.append(result)
     if bar is not None:
-      postfix['eval'] = _eval_summary(result['metrics'])
+      postfix['eval'] = _eval_postfix(result['metrics'])
       bar.set_postfix(postfix, refresh=False)
-      bar.write(f"step {result['step']}: "
-                f"{_eval_summary(result['metrics'], limit=1_000)}",
-                file=sys.stderr)
+      for line in _eval_lines(result, runs):
+        bar.write(line, file=sys.stderr)
     if log_file is not None:
       write_log({'eval': result})
       log_file.flush()
@@ -1008,9 +1399,12 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
   def checkpoint(now: float):
     seconds, steps = timed(now)
     saved_timing[int(state.step)] = seconds, steps
-    save_checkpoint(manager, state, stream.get_state(), wait=False, meta={
-        'evaluations': list(evaluations), 'timed_seconds': seconds,
-        'timed_steps': steps})
+    record = {'evaluations': list(evaluations), 'timed_seconds': seconds,
+              'timed_steps': steps}
+    if runs is not None:
+      record['runs'] = list(runs)
+    save_checkpoint(manager, state, stream.get_state(), wait=False,
+                    meta=record)
     if log_file is not None:      # the log holds every step of the checkpoint
       os.fsync(log_file.fileno())
 
@@ -1090,4 +1484,4 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
     if hasattr(stream, 'close'):
       stream.close()
   return TrainResult(state, _concat(history) if history else {}, evaluations,
-                     seconds_per_step, interrupted)
+                     seconds_per_step, interrupted, runs)
