@@ -17,6 +17,9 @@ The training command line: ``python -m mtl_optax.train`` or, installed,
     # dataset, to try it before preparing the data
     mtl-optax-train --config multi_mnist --model my_pkg.my_module:make_model \\
         --synthetic 256 --set num_steps=20
+    # a learning-rate grid × 2 seeds: 6 runs as one vmapped program
+    mtl-optax-train --config multi_mnist --data-dir DIR --workdir /tmp/grid \\
+        --sweep learning_rate=1e-3,3e-3,1e-2 --sweep seed=0,1
 
 ``--model`` takes a registered name (``mtl_optax.models.available()``) or
 ``module:callable``: ``callable(rngs=nnx.Rngs(seed), **model_kwargs)``
@@ -31,6 +34,13 @@ it off) and on SIGTERM/SIGINT, after which it exits with status 128 + the
 signal's number (143, 130); ``WORKDIR/log.jsonl`` gets every step as it goes.
 Run again with the same ``--workdir`` to resume from its latest checkpoint
 ("resumed from step N"); a finished run reports its stored evaluations.
+``--sweep FIELD=V1,V2,...`` (``learning_rate``, ``seed``; repeat the flag for
+both) trains the product of the values as one ``jax.vmap``-ed program that
+shares the batches (``mtl_optax.training.build_sweep``; the data order is
+the config's ``seed``'s): on a GPU/TPU that one run leaves idle the grid
+costs about one run's time; on a CPU, separate runs are faster. The JSON
+printed at the end then has ``runs`` and a list of per-run metrics in each
+evaluation; the checkpoint resumes with the same ``--sweep`` only.
 ``--data-parallel`` shards every batch over all devices (one host, or every
 host of a multi-host job started with ``--distributed``, which calls
 ``jax.distributed.initialize()`` first).
@@ -63,11 +73,41 @@ def _pairs(items: Sequence[str] | None) -> dict[str, Any]:
     key, sep, value = item.partition('=')
     if not sep:
       raise SystemExit(f'expected key=value, got {item!r}')
-    try:
-      result[key] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      result[key] = value
+    result[key] = _literal(value)
   return result
+
+
+def _sweep(items: Sequence[str] | None) -> dict[str, tuple[Any, ...]] | None:
+  """``['field=v1,v2', ...]`` (``--sweep``) as ``{field: (v1, v2)}``.
+
+  The values are read as Python literals; the sweep is checked by
+  ``training.sweep_axes``. None when there is no ``--sweep``.
+  """
+  if not items:
+    return None
+  result = {}
+  for item in items:
+    key, sep, text = item.partition('=')
+    if not sep or not text:
+      raise ValueError(f'--sweep expects FIELD=V1,V2,..., got {item!r} (e.g. '
+                       '--sweep learning_rate=1e-3,1e-2).')
+    if key in result:
+      raise ValueError(f'--sweep {key} is given twice; give all its values '
+                       f'at once: --sweep {key}=V1,V2,...')
+    values = _literal(text)
+    if isinstance(values, str):   # some value is not a literal: read each
+      values = tuple(_literal(part) for part in text.split(','))
+    result[key] = (tuple(values) if isinstance(values, (tuple, list))
+                   else (values,))
+  return result
+
+
+def _literal(text: str) -> Any:
+  """``text`` as a Python literal, or as the text itself."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
 def synthetic_data_fn(dataset: str, num_examples: int, *,
@@ -121,6 +161,11 @@ def _parser() -> argparse.ArgumentParser:
                       help="the config module's own arguments (scene=, arch=)")
   parser.add_argument('--set', action='append', metavar='KEY=VALUE',
                       help='override a Config field (Python literal values)')
+  parser.add_argument('--sweep', action='append', metavar='FIELD=V1,V2,...',
+                      help='train a grid as one vmapped program sharing the '
+                      'batches: FIELD is learning_rate or seed; repeat the '
+                      'flag for both (their product, e.g. --sweep '
+                      'learning_rate=1e-3,1e-2 --sweep seed=0,1: 4 runs)')
   parser.add_argument('--data-parallel', action='store_true',
                       help='shard batches over all devices (a 1-D mesh)')
   parser.add_argument('--distributed', action='store_true',
@@ -131,11 +176,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
   """Parses ``argv`` (default ``sys.argv[1:]``), trains, prints the result.
 
-  Prints ``{"evaluations", "seconds_per_step", "step", "interrupted"}`` as
-  JSON; exits with 128 + the signal's number when a signal stopped the run
-  (after its checkpoint).
+  Prints ``{"evaluations", "seconds_per_step", "step", "interrupted"}`` (and
+  ``"runs"`` with ``--sweep``) as JSON; exits with 128 + the signal's number
+  when a signal stopped the run (after its checkpoint).
   """
-  args = _parser().parse_args(argv)
+  parser = _parser()
+  args = parser.parse_args(argv)
 
   import jax
   if args.distributed:
@@ -157,15 +203,24 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.synthetic is not None:
     data_fn = synthetic_data_fn(config.dataset, args.synthetic,
                                 seed=config.seed)
+  try:
+    sweep = _sweep(args.sweep)
+    if sweep is not None:
+      training.sweep_axes(sweep)
+  except ValueError as e:
+    parser.error(str(e))
   mesh = (jax.make_mesh((jax.device_count(),), ('data',))
           if args.data_parallel else None)
   result = training.train(config, workdir=args.workdir, mesh=mesh,
-                          data_fn=data_fn,
+                          data_fn=data_fn, sweep=sweep,
                           progress=jax.process_index() == 0)
-  print(json.dumps({'evaluations': result.evaluations,
-                    'seconds_per_step': result.seconds_per_step,
-                    'step': int(result.state.step),
-                    'interrupted': result.interrupted}, indent=1))
+  out = {'evaluations': result.evaluations,
+         'seconds_per_step': result.seconds_per_step,
+         'step': int(result.state.step),
+         'interrupted': result.interrupted}
+  if result.runs is not None:
+    out['runs'] = list(result.runs)
+  print(json.dumps(out, indent=1))
   if result.interrupted is not None:
     # The checkpoint is saved: "killed by the signal", to whoever waits.
     number = getattr(signal.Signals, result.interrupted, signal.SIGTERM)

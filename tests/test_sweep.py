@@ -17,12 +17,16 @@ says what to give.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from mtl_optax import training
+from mtl_optax import train as train_cli
 from test_training import NUM_EXAMPLES, _config, _data_fn
 
 RATES = [3e-3, 1e-2]                  # Adam's (the tests' _config)
@@ -186,6 +190,55 @@ def test_a_single_runs_result_has_no_runs():
   result = training.TrainResult(None, {}, [], 0.0)
   with pytest.raises(ValueError, match='use it as is'):
     result.run(0)
+
+
+def test_cli_sweep_flag_parses():
+  assert train_cli._sweep(None) is None
+  assert train_cli._sweep(['learning_rate=1e-3,1e-2', 'seed=3']) == {
+      'learning_rate': (1e-3, 1e-2), 'seed': (3,)}
+  assert train_cli._sweep(['seed=[0, 1]']) == {'seed': (0, 1)}
+  assert train_cli._sweep(['learning_rate=1e-3,fast']) == {
+      'learning_rate': (1e-3, 'fast')}     # sweep_axes names 'fast'
+  with pytest.raises(ValueError, match='given twice'):
+    train_cli._sweep(['seed=0', 'seed=1'])
+  with pytest.raises(ValueError, match='FIELD=V1,V2'):
+    train_cli._sweep(['seed'])
+
+
+def test_cli_trains_a_sweep_on_synthetic_data(tmp_path):
+  flags = ['--config', 'multi_mnist', '--synthetic', '32',
+           '--set', 'num_steps=2', '--set', 'batch_size=8',
+           '--set', "model_kwargs={'features': 4}",
+           '--sweep', 'learning_rate=1e-3,1e-2', '--sweep', 'seed=0,1']
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.run(
+      [sys.executable, '-m', 'mtl_optax.train', *flags, '--workdir',
+       str(tmp_path / 'run')], env=env, capture_output=True, text=True,
+      timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  out = json.loads(proc.stdout)
+  assert out['step'] == 2
+  assert out['runs'] == [{'learning_rate': 1e-3, 'seed': 0},
+                         {'learning_rate': 1e-3, 'seed': 1},
+                         {'learning_rate': 1e-2, 'seed': 0},
+                         {'learning_rate': 1e-2, 'seed': 1}]
+  (evaluation,) = out['evaluations']
+  assert len(evaluation['metrics']) == 4
+  assert set(evaluation['metrics'][3]) == {'left', 'right'}
+  assert 'run 3 (learning_rate=0.01 seed=1)' in proc.stderr
+
+  bad = subprocess.run(
+      [sys.executable, '-m', 'mtl_optax.train', *flags[:-4], '--sweep',
+       'momentum=0.5,0.9'], env=env, capture_output=True, text=True,
+      timeout=600)
+  assert bad.returncode == 2
+  assert 'sweepable fields are learning_rate, seed' in bad.stderr
+
+
+def test_cli_help_documents_the_sweep():
+  help_text = train_cli._parser().format_help()
+  assert '--sweep FIELD=V1,V2,...' in help_text
+  assert 'learning_rate or seed' in help_text
 
 
 def test_sweep_evaluates_extra_splits_per_run():
