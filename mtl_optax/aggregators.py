@@ -267,6 +267,7 @@ def gramian_direction(
     preferences: jax.Array | None = None,
     scale_degree: int = 1,
     heads_follow_coefficients: bool = False,
+    heads_reduction: str = 'sum',
 ) -> DirectionFn:
   """A direction function from a weighting ``(K_hat, scale, inner, extra) ->
   (c, inner)``.
@@ -283,6 +284,10 @@ def gramian_direction(
     heads_follow_coefficients: weight the task-specific leaves with the
       coefficients too (methods that re-weight the losses, e.g. RLW) instead
       of the preferences.
+    heads_reduction: ``'sum'`` (default) or ``'mean'``: divide the
+      task-specific leaves' weighted sum by ``T``, for methods whose shared
+      part is a mean of ``T`` task terms (e.g. ``mamg(reduction='mean')``),
+      so that heads and shared leaves are on the same scale.
 
   Returns:
     A function ``(grads, inner, extra) -> Proposal``.
@@ -290,8 +295,8 @@ def gramian_direction(
   Raises:
     TypeError: if ``coefficients_fn`` is not callable, ``scale_degree`` not a
       real number or ``heads_follow_coefficients`` not a bool.
-    ValueError: for invalid ``preferences`` (1-D, finite, not all zero) or
-      a non-finite ``scale_degree``.
+    ValueError: for invalid ``preferences`` (1-D, finite, not all zero),
+      a non-finite ``scale_degree`` or an unknown ``heads_reduction``.
   """
   method = 'gramian_direction'
   _checks.check_callable('coefficients_fn', coefficients_fn, method=method,
@@ -304,6 +309,9 @@ def gramian_direction(
                          hint='p with d(σG) = σ^p d(G); 1 for most methods')
   _checks.check_bool('heads_follow_coefficients', heads_follow_coefficients,
                      method=method)
+  _checks.check_one_of(
+      'heads_reduction', heads_reduction, ('sum', 'mean'), method=method,
+      hint="'mean' divides the task-specific leaves' sum by T")
 
   def direction_fn(grads, inner, extra):
     mask = gram_lib.resolve_shared_mask(shared, grads)
@@ -314,6 +322,8 @@ def gramian_direction(
     t = gram_hat.shape[0]
     heads = c if heads_follow_coefficients else preference_vector(
         preferences, t, c.dtype)
+    if heads_reduction == 'mean':
+      heads = heads / t
     return Proposal(
         coefficients=c, gram_hat=gram_hat, inner=inner,
         inputs_ok=leaves_finite(grads, mask, shared=False),
@@ -591,7 +601,11 @@ def mgda(
 
 
 def _random_order_aggregator(weighting, preferences, shared, seed, num_tasks,
-                             method):
+                             method, draw=weightings.random_orders,
+                             heads_reduction='sum'):
+  """An aggregator whose weighting ``(K, draw(key, T), preferences) -> c``
+  needs fresh random draws (visiting orders) every step, from a PRNG key in
+  the state."""
   _checks.check_num_tasks(num_tasks, method=method)
   _checks.check_preferences('preferences', preferences, method=method,
                             num_tasks=num_tasks)
@@ -600,11 +614,11 @@ def _random_order_aggregator(weighting, preferences, shared, seed, num_tasks,
 
   def coefficients(k, scale, key, extra):
     key, sub = jax.random.split(key)
-    orders = weightings.random_orders(sub, k.shape[0])
-    return weighting(k, orders, preferences), key
+    return weighting(k, draw(sub, k.shape[0]), preferences), key
 
   direction_fn = gramian_direction(coefficients, shared=shared,
-                                   preferences=preferences)
+                                   preferences=preferences,
+                                   heads_reduction=heads_reduction)
   return _build(direction_fn, num_tasks=num_tasks, preferences=preferences,
                 init_inner=lambda: jax.random.PRNGKey(seed))
 
@@ -642,26 +656,59 @@ def pcgrad(
                                   seed, num_tasks, 'pcgrad')
 
 
+MAMG_MODES = ('one_sided', 'algorithm1')
+
+
 def mamg(
     preferences: jax.Array | None = None,
     *,
+    mode: str = 'one_sided',
+    clip: str | None = None,
+    reduction: str | None = None,
     shared: gram_lib.SharedMask = None,
     seed: int = 0,
     num_tasks: int | None = None,
 ) -> aggregating.Aggregator:
   """MAMG (Chai et al., IEEE TCYB 2022): the gradient clipping rule.
 
-  For each task and each other task it conflicts with (random order per task
-  and step), the running gradient is clipped along the interfering direction
-  ``Pγ = g_i' - g_j`` by ``Δg_ij`` (Eqs. 2-4, Algorithm 1); the update is the
-  mean of the clipped gradients. See ``mtl_optax.weightings.mamg`` for the
-  readings of the paper's formulas.
+  When two task gradients conflict (``<g_i, g_j> < 0``, Def. 1), ``g_i`` is
+  clipped along the interfering direction ``Pγ = g_i - g_j`` by ``Δg_ij``
+  (Eqs. 2-4): ``g_i' = g_i - Δg_ij Pγ/‖Pγ‖``, a point between ``g_i`` and
+  ``g_j``. Two modes (what the clip does and does not guarantee:
+  ``mtl_optax.weightings.mamg_one_sided``; derivations in the module
+  ``mtl_optax/weightings/mamg.py``):
+
+  - ``'one_sided'`` (default), the rule as the paper analyses it (Fig. 2(d),
+    Lemma 1, Theorems 1-2): each conflicting pair clips ONE of its gradients
+    and keeps the other; the update is the sum, for T = 2
+    ``g^MG = g_i' + g_j``. Pairs are visited once each per step, tasks
+    entering in a random order and each meeting the tasks already in, on
+    the running (already clipped) gradients. ``clip`` picks the clipped one:
+    ``'larger_norm'`` (default; the dominating gradient of Fig. 1(a); on an
+    exact tie the smaller task index), ``'random'`` (a coin per pair) or
+    ``'sequential'`` (the later-entered task: each task is clipped against
+    the final gradients of those that entered before it).
+  - ``'algorithm1'``, Algorithm 1 read literally: every task's running
+    ``g_i'`` is clipped against every other original ``g_j`` (random order
+    per task), and the update is their mean. For T = 2 the two clips cancel
+    and this is exactly the plain mean gradient (``Δg_12 = Δg_21``, ``Pγ``
+    flips sign).
+
+  The task-specific leaves (``shared`` False) get the preference-weighted
+  sum ``Σ w_t g_t``, divided by ``T`` when ``reduction='mean'``, on the scale
+  of the shared part.
 
   Args:
-    preferences: ``[T]`` weights in the mean (and of the task-specific
-      leaves' sum); default all ones.
+    preferences: ``[T]`` weights of the (clipped) gradients and of the
+      task-specific leaves; default all ones.
+    mode: ``'one_sided'`` or ``'algorithm1'``.
+    clip: ``'larger_norm'``, ``'random'`` or ``'sequential'``
+      (``mode='one_sided'`` only; None means ``'larger_norm'`` there).
+    reduction: ``'sum'`` or ``'mean'`` (divide by ``T``). None (default)
+      means each mode's own: ``'sum'`` for ``'one_sided'`` (Lemma 1),
+      ``'mean'`` for ``'algorithm1'`` (its line 13).
     shared: which leaves are shared.
-    seed: seed of the PRNG key in the state.
+    seed: seed of the PRNG key in the state (entry orders, coins).
     num_tasks: ``T``, to record the coefficients in the state.
 
   Returns:
@@ -669,11 +716,66 @@ def mamg(
 
   Raises:
     TypeError: for arguments of the wrong type (e.g. a float ``seed``).
-    ValueError: for invalid ``preferences`` (1-D, finite, non-negative, not
-      all zero, ``num_tasks`` entries) or ``num_tasks < 1``.
+    ValueError: for an unknown ``mode``, ``clip`` or ``reduction``, a
+      ``clip`` with ``mode='algorithm1'``, invalid ``preferences`` (1-D,
+      finite, non-negative, not all zero, ``num_tasks`` entries) or
+      ``num_tasks < 1``.
+
+  References:
+    Chai et al., "A Model-Agnostic Approach to Mitigate Gradient Interference
+    for Multi-Task Learning", IEEE Trans. Cybern. 2022: Defs. 1-2,
+    Eqs. (2)-(4), Algorithm 1, Fig. 2, Lemma 1, Theorems 1-2.
+
+  Example:
+    >>> import jax.numpy as jnp, mtl_optax as mtl
+    >>> grads = {'w': jnp.array([[2., 0.], [-1., 1.]])}  # g_0 dominates
+    >>> tx = mtl.mamg()                       # one-sided, larger norm, sum
+    >>> d, _ = tx.update(grads, tx.init(None))
+    >>> [round(x, 3) for x in d['w'].tolist()]     # g_0' + g_1
+    [-0.275, 1.425]
+    >>> tx = mtl.mamg(mode='algorithm1')      # T = 2: the mean gradient
+    >>> d, _ = tx.update(grads, tx.init(None))
+    >>> [round(x, 5) for x in d['w'].tolist()]
+    [0.5, 0.5]
   """
-  return _random_order_aggregator(weightings.mamg, preferences, shared, seed,
-                                  num_tasks, 'mamg')
+  _checks.check_one_of(
+      'mode', mode, MAMG_MODES, method='mamg',
+      hint="'one_sided' clips one gradient per conflicting pair (the "
+      "paper's analysis), 'algorithm1' is Algorithm 1 read literally")
+  if clip is not None:
+    _checks.check_one_of(
+        'clip', clip, weightings.mamg_clips, method='mamg',
+        hint='which gradient of a conflicting pair is clipped')
+    if mode != 'one_sided':
+      raise ValueError(
+          f"mamg: clip={clip!r} applies to mode='one_sided' only "
+          f"(mode={mode!r} clips every task against every other); drop "
+          "clip= or pass mode='one_sided'.")
+  if reduction is not None:
+    _checks.check_one_of(
+        'reduction', reduction, weightings.mamg_reductions, method='mamg',
+        hint="None is 'sum' for mode='one_sided' (Lemma 1's g_i' + g_j) "
+        "and 'mean' for mode='algorithm1' (its line 13)")
+  if mode == 'one_sided':
+    clip = 'larger_norm' if clip is None else clip
+    reduction = 'sum' if reduction is None else reduction
+
+    def weighting(k, draws, preferences):
+      order, coins = draws
+      return weightings.mamg_one_sided(k, order, coins, preferences,
+                                       clip=clip, reduction=reduction)
+
+    draw = weightings.mamg_draws
+  else:
+    reduction = 'mean' if reduction is None else reduction
+
+    def weighting(k, orders, preferences):
+      return weightings.mamg(k, orders, preferences, reduction=reduction)
+
+    draw = weightings.random_orders
+  return _random_order_aggregator(weighting, preferences, shared, seed,
+                                  num_tasks, 'mamg', draw=draw,
+                                  heads_reduction=reduction)
 
 
 def aggregator_state(opt_state: Any) -> AggregatorState:

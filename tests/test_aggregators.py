@@ -3,6 +3,7 @@ stability, equivariances, degenerate and non-finite inputs, shared masks,
 state bookkeeping, and a small end-to-end training run."""
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,9 @@ def _make_uncached(name, shared, num_tasks, preferences, seed):
   if name == 'mamg':
     return mtl.mamg(preferences, shared=shared, seed=seed,
                     num_tasks=num_tasks)
+  if name == 'mamg_alg1':
+    return mtl.mamg(preferences, mode='algorithm1', shared=shared, seed=seed,
+                    num_tasks=num_tasks)
   assert preferences is None
   if name == 'mgda':
     return mtl.mgda(shared=shared, num_tasks=num_tasks)
@@ -79,10 +83,12 @@ def _head_sum(grads, w=None):
   return np.tensordot(w, head, axes=1)
 
 
-ALL = ['linear', 'aligned', 'aligned_svd', 'mgda', 'mgda_l2', 'pcgrad', 'mamg']
+ALL = ['linear', 'aligned', 'aligned_svd', 'mgda', 'mgda_l2', 'pcgrad', 'mamg',
+       'mamg_alg1']
+RANDOM_ORDER = ('pcgrad', 'mamg', 'mamg_alg1')
 # d(s G) = s d(G) for s > 0.
 SCALE_EQUIVARIANT = ['linear', 'aligned', 'aligned_svd', 'mgda', 'pcgrad',
-                     'mamg']
+                     'mamg', 'mamg_alg1']
 # Order of tasks irrelevant for any T.
 PERMUTATION_EQUIVARIANT = ['linear', 'aligned', 'aligned_svd', 'mgda',
                            'mgda_l2']
@@ -189,6 +195,19 @@ def _np_mamg_rule(gi, gj):
   return gi - delta * p / norm_p
 
 
+def _np_mamg_one_sided(g, w, order):
+  """MAMG's default: tasks enter in ``order``, each meets those already in;
+  of a conflicting pair (running gradients) the larger is clipped."""
+  g = [x.copy() for x in g]
+  for k in range(1, len(g)):
+    for l in range(k):
+      a, b = order[k], order[l]
+      if g[a] @ g[b] < 0:
+        i, j = (a, b) if g[a] @ g[a] > g[b] @ g[b] else (b, a)
+        g[i] = _np_mamg_rule(g[i], g[j])
+  return np.asarray(w) @ np.stack(g)
+
+
 # ---------------------------------------------------------------------------
 # equivariances
 
@@ -210,7 +229,7 @@ def test_permutation_equivariance(name):
                              atol=tol)
 
 
-@pytest.mark.parametrize('name', ['pcgrad', 'mamg'])
+@pytest.mark.parametrize('name', RANDOM_ORDER)
 def test_random_order_methods_three_tasks(name):
   # T = 3: the result must be the method applied in one of the 2³ possible
   # visiting orders (each task visits the other two in some order).
@@ -220,11 +239,16 @@ def test_random_order_methods_three_tasks(name):
   assert np.sum((g @ g.T)[~np.eye(3, dtype=bool)] < 0) >= 4   # conflicts
   w = np.array([1.0, 0.5, 2.0])
   agg = _make(name, preferences=jnp.asarray(w, jnp.float32))
-  rule = _np_pcgrad_rule if name == 'pcgrad' else _np_mamg_rule
-  pairs = [[(1, 2), (2, 1)], [(0, 2), (2, 0)], [(0, 1), (1, 0)]]
-  candidates = [
-      _np_surgery(g, w, [o0, o1, o2], rule, mean=name == 'mamg')
-      for o0 in pairs[0] for o1 in pairs[1] for o2 in pairs[2]]
+  if name == 'mamg':
+    # One-sided: the result of one of the 3! entry orders.
+    candidates = [_np_mamg_one_sided(g, w, order)
+                  for order in itertools.permutations(range(3))]
+  else:
+    rule = _np_pcgrad_rule if name == 'pcgrad' else _np_mamg_rule
+    pairs = [[(1, 2), (2, 1)], [(0, 2), (2, 0)], [(0, 1), (1, 0)]]
+    candidates = [
+        _np_surgery(g, w, [o0, o1, o2], rule, mean=name == 'mamg_alg1')
+        for o0 in pairs[0] for o1 in pairs[1] for o2 in pairs[2]]
   state = agg.init(None)
   for _ in range(4):
     key = np.asarray(state.inner)
@@ -233,7 +257,8 @@ def test_random_order_methods_three_tasks(name):
     dist = [np.max(np.abs(np.asarray(d, np.float64) - c)) for c in candidates]
     assert min(dist) < 1e-5, dist
   # The plain (unprojected) weighted sum is not among them: surgery happened.
-  assert np.max(np.abs(candidates[0] - w @ g / (3 if name == 'mamg' else 1))
+  assert np.max(np.abs(candidates[0] - w @ g / (3 if name == 'mamg_alg1'
+                                                else 1))
                 ) > 1e-2
 
 
@@ -289,8 +314,9 @@ def test_zero_task_gradient(name):
   d, state = _apply(_common(name), grads)
   assert not bool(state.last_skipped)
   assert np.all(np.isfinite(_flat(d)))
-  np.testing.assert_allclose(d['head'], _head_sum(grads), rtol=1e-5,
-                             atol=1e-6)
+  head_scale = 1 / 3 if name == 'mamg_alg1' else 1   # its mean: heads / T
+  np.testing.assert_allclose(d['head'], head_scale * _head_sum(grads),
+                             rtol=1e-5, atol=1e-6)
   f = _flat(d['enc'])
   g = _np_matrix(grads['enc'])
   if name == 'linear':
@@ -397,7 +423,7 @@ def test_nonfinite_step_skipped(name):
     assert int(state.num_skipped) == skipped
     f2 = _flat(d2)
     assert np.all(np.isfinite(f2)) and np.any(f2 != 0)
-    if name not in ('pcgrad', 'mamg'):
+    if name not in RANDOM_ORDER:
       _assert_tree_close(d2, d0, rtol=1e-6, atol_rel=1e-6)
       np.testing.assert_allclose(np.asarray(state.weights),
                                  np.asarray(s0.weights), rtol=1e-6)
@@ -410,14 +436,16 @@ def test_nonfinite_step_skipped(name):
 @pytest.mark.parametrize('name', ALL)
 def test_shared_mask_head_leaves_plain_sum(name):
   # T = 2 for the random-order methods: the visiting order does not matter.
-  t = 2 if name in ('pcgrad', 'mamg') else 3
+  t = 2 if name in RANDOM_ORDER else 3
   agg = _common(name, t)
   grads = _grads(t=t, seed=12)
   d, state = _apply(agg, grads)
   w = np.ones(t)
   head = np.asarray(grads['head'], np.float64)
+  # (Algorithm 1's mean divides the heads by T too.)
+  head_w = w / t if name == 'mamg_alg1' else w
   np.testing.assert_allclose(np.asarray(d['head']),
-                             np.tensordot(w, head, axes=1), rtol=1e-5,
+                             np.tensordot(head_w, head, axes=1), rtol=1e-5,
                              atol=1e-6)
   # Shared leaves: Σ c_t g_t with the recorded coefficients.
   c = np.asarray(state.weights, np.float64)
@@ -437,7 +465,9 @@ def test_shared_mask_head_leaves_plain_sum(name):
     ref = _np_min_norm(g / np.linalg.norm(g, axis=1, keepdims=True))
   elif name == 'pcgrad':   # T = 2: the visiting order does not matter
     ref = _np_surgery(g, w, [[0, 1], [0, 1]], _np_pcgrad_rule, mean=False)
-  elif name == 'mamg':
+  elif name == 'mamg':   # T = 2: the larger one clipped, whatever the order
+    ref = _np_mamg_one_sided(g, w, [0, 1])
+  elif name == 'mamg_alg1':
     ref = _np_surgery(g, w, [[0, 1], [0, 1]], _np_mamg_rule, mean=True)
   else:
     ref = w @ g
@@ -551,6 +581,7 @@ def test_linear_weights_recorded():
     lambda **kw: mtl.aligned_mtl(jnp.ones(3), method='svd', **kw),
     lambda **kw: mtl.pcgrad(jnp.ones(3), **kw),
     lambda **kw: mtl.mamg(jnp.ones(3), **kw),
+    lambda **kw: mtl.mamg(jnp.ones(3), mode='algorithm1', **kw),
 ])
 def test_preferences_imply_num_tasks(factory):
   agg = factory()

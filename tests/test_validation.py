@@ -156,7 +156,20 @@ CASES = {
                   + SEED_CASES)),
     'mamg': (
         mtl.mamg,
-        _prefixed('mamg', NUM_TASKS_CASES + PREFERENCE_CASES + SEED_CASES)),
+        _prefixed('mamg', NUM_TASKS_CASES + PREFERENCE_CASES + SEED_CASES)
+        + [
+            (dict(mode='alg1'), ValueError,
+             ("mamg: mode must be one of 'one_sided', 'algorithm1'",
+              "got 'alg1'")),
+            (dict(clip='smaller_norm'), ValueError,
+             ("mamg: clip must be one of 'larger_norm', 'random', "
+              "'sequential'", "got 'smaller_norm'")),
+            (dict(reduction='max'), ValueError,
+             ("mamg: reduction must be one of 'sum', 'mean'", "got 'max'")),
+            (dict(mode='algorithm1', clip='random'), ValueError,
+             ("mamg: clip='random' applies to mode='one_sided' only",
+              "mode='one_sided'")),
+        ]),
     'gramian_direction': (
         _gd,
         _prefixed('gramian_direction', SIGNED_PREFERENCE_CASES) +
@@ -166,6 +179,9 @@ CASES = {
               'got 3')),
             (dict(scale_degree=NAN), ValueError,
              ('gramian_direction: scale_degree must be finite', 'got nan')),
+            (dict(heads_reduction='avg'), ValueError,
+             ("gramian_direction: heads_reduction must be one of 'sum', "
+              "'mean'", "got 'avg'")),
             (dict(scale_degree='1'), TypeError,
              ('gramian_direction: scale_degree must be a real number',
               "got '1'")),
@@ -460,6 +476,8 @@ def test_registry_for_tasks_builds_everything(name):
     (mtl.graddrop, dict(leak=1, seed=np.uint32(7))),
     (mtl.graddrop, dict(leak=0, track_diagnostics=np.bool_(False))),
     (mtl.aligned_mtl, dict(preferences=(0.2, 0.8), num_tasks=2)),
+    (mtl.mamg, dict(mode='algorithm1', reduction='sum', clip=None)),
+    (mtl.mamg, dict(mode='one_sided', clip='sequential', reduction='mean')),
     (mtl.linear_scalarization, dict(weights=jnp.array([0., 1.]))),
     # A plain weighted sum may ascend a loss on purpose (test_linesearch).
     (mtl.linear_scalarization, dict(weights=jnp.array([-1., 0., 0.]))),

@@ -28,6 +28,10 @@ from mtl_optax.weightings import loss_based
 from mtl_optax.weightings.aligned import aligned_direction_svd
 from mtl_optax.weightings.linear import linear
 from mtl_optax.weightings.mamg import mamg
+from mtl_optax.weightings.mamg import mamg_draws
+from mtl_optax.weightings.mamg import mamg_one_sided
+from mtl_optax.weightings.mamg import CLIPS as mamg_clips
+from mtl_optax.weightings.mamg import REDUCTIONS as mamg_reductions
 from mtl_optax.weightings.mgda import mgda
 from mtl_optax.weightings.mgda import min_norm_two
 from mtl_optax.weightings.mgda import min_norm_frank_wolfe
@@ -53,6 +57,10 @@ __all__ = [
     'aligned_direction_svd',
     'linear',
     'mamg',
+    'mamg_draws',
+    'mamg_one_sided',
+    'mamg_clips',
+    'mamg_reductions',
     'mgda',
     'min_norm_frank_wolfe',
     'min_norm_two',
