@@ -680,9 +680,13 @@ def build_sweep(config: Config, sweep: Mapping[str, Sequence[Any]], *,
   run). The states are stacked along a leading run axis (``RUN_AXES``: the
   step is shared) and the steps are ``jax.vmap``-ed over it, every batch
   shared by all runs. One step of ``R`` runs costs about one run's time
-  where one run leaves the accelerator idle; on a 2-core CPU, which one run
-  already fills, R = 6 LeNet runs cost about 1.3-1.5 times as much per run
-  as sequential runs.
+  where one run leaves the accelerator idle. On a CPU, which one run
+  already fills, sequential runs are faster: on 2 cores, R = 6 MultiMNIST
+  LeNet runs cost 1.3-1.5 times as much per run as sequential runs at the
+  parameter level and 1.7-2.8 times at the representation level (whose
+  single step is cheaper); XLA:CPU runs the batched matrix products that
+  ``vmap`` makes of the banded convolutions' and dense layers' products
+  1.2-1.8 times slower per run than one product.
 
   Args:
     config: the runs' common ``Config``.
@@ -1188,8 +1192,8 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
   × the schedule, ...), the config record has ``sweep`` and ``runs``. A
   checkpoint holds all the runs and resumes only with the same sweep. On a
   CPU, sequential runs are faster (one run fills its cores: R = 6 vmapped
-  LeNet runs cost 1.3-1.5× as much per run); the grid pays off on an
-  accelerator that one run leaves idle.
+  LeNet runs cost 1.3-2.8× as much per run, see ``build_sweep``); the grid
+  pays off on an accelerator that one run leaves idle.
 
   Args:
     config: the run.
