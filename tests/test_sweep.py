@@ -116,6 +116,22 @@ def test_seed_sweep_runs_share_the_base_seeds_data_order():
   assert not np.allclose(first, second)
 
 
+def test_a_diverging_run_skips_its_steps_alone():
+  # Rate 1e30 blows run 1 up after one step: its later steps have
+  # non-finite gradients and are skipped (its parameters and optimizer
+  # state frozen), while run 0 trains on as it would alone.
+  config = _config(num_steps=4, optimizer='sgd', eval_split=None)
+  swept = training.train(config, progress=False, data_fn=_data_fn(),
+                         sweep={'learning_rate': [SGD_RATES[0], 1e30]})
+  skipped = swept.history['skipped']
+  assert not skipped[:, 0].any() and skipped[1:, 1].all()
+  frozen = swept.run(1).state.params
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(frozen))
+  single = training.train(config.replace(learning_rate=SGD_RATES[0]),
+                          progress=False, data_fn=_data_fn())
+  _assert_run_matches(swept.run(0), single)
+
+
 def _same(a, b) -> bool:
   same = jax.tree.map(lambda x, y: np.array_equal(np.asarray(x),
                                                   np.asarray(y)), a, b)
