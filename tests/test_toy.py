@@ -127,14 +127,28 @@ def test_aligned_mtl_reaches_the_optimum_from_every_start():
   assert np.sum(final['linear_scalarization'] > 1.0) >= 2
 
 
+def test_variants_build_their_settings():
+  # 'mamg' is the one-sided rule, 'mamg:algorithm1' the mean gradient for
+  # two tasks; both take preferences.
+  grads = jnp.array([[2., 0.], [-1., 1.]])
+  for name, expect in (('mamg', [-0.275, 1.425]),
+                       ('mamg:algorithm1', [0.5, 0.5])):
+    tx = toy.build(name)
+    d, _ = tx.update(grads, tx.init(None))
+    np.testing.assert_allclose(d, expect, atol=1e-3)
+    assert toy.takes_preferences(name)
+  assert set(toy.VARIANTS).isdisjoint(mtl.available())
+
+
 def test_main_writes_figures_and_table(tmp_path, monkeypatch):
   # By default into runs/toy under the current directory, not over the
   # committed benchmarks/results.
   monkeypatch.chdir(tmp_path)
-  toy.main(['--steps', '50', '--methods', 'mgda,pcgrad'])
+  toy.main(['--steps', '50', '--methods', 'mgda,pcgrad,mamg:algorithm1'])
   out = tmp_path / 'runs' / 'toy'
   table = (out / 'toy.md').read_text()
   assert '| mgda | 0.5 |' in table and '| pcgrad | 0.8 |' in table
+  assert '| mamg:algorithm1 | 0.2 |' in table
   assert f'within {toy.ON_FRONT:.2f}' in table
   for name in ('toy.png', 'toy_preferences.png'):
     assert (out / name).stat().st_size > 10_000
