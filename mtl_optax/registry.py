@@ -88,6 +88,17 @@ def _factory(name: Any, caller: str) -> Callable[..., aggregating.Aggregator]:
       f'{", ".join(available())}.')
 
 
+def takes_keyword(name: str, keyword: str) -> bool:
+  """Whether the factory registered as ``name`` takes ``keyword``.
+
+  Example:
+    >>> takes_keyword('pcgrad', 'seed'), takes_keyword('mgda', 'seed')
+    (True, False)
+  """
+  parameters = inspect.signature(_factory(name, 'takes_keyword')).parameters
+  return keyword in parameters
+
+
 def _check_keywords(name: str, factory: Callable[..., Any],
                     kwargs: dict[str, Any], caller: str) -> None:
   """Names the factory's keywords when one it does not take is passed."""

@@ -752,7 +752,7 @@ def _build(config: Config, *, num_train_examples: int,
   method_kwargs = dict(config.method_kwargs)
   if config.level == 'parameter':
     method_kwargs.setdefault('shared', fm.shared_mask)
-  if config.method in ('pcgrad', 'random_weighting', 'graddrop'):
+  if registry.takes_keyword(config.method, 'seed'):   # the methods' PRNG key
     method_kwargs.setdefault('seed', config.seed)
   aggregator = registry.for_tasks(config.method, num_tasks=t, **method_kwargs)
 

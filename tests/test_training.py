@@ -183,3 +183,18 @@ def test_extra_eval_splits_are_checked():
   with pytest.raises(ValueError, match='set eval_split'):
     training.build(_config(eval_split=None, extra_eval_splits=('test',)),
                    num_train_examples=16)
+
+
+def test_config_seed_reaches_every_method_that_takes_one():
+  from mtl_optax import registry
+  seeded = [m for m in registry.available()
+            if registry.takes_keyword(m, 'seed')]
+  assert {'pcgrad', 'mamg', 'gradvac', 'graddrop'} <= set(seeded)
+  for method in seeded:
+    states = [training.build(_config(method=method, seed=s, optimizer='sgd'),
+                             num_train_examples=16).init_state.opt_state
+              for s in (3, 4)]
+    # SGD's momentum starts at zero: only the method's key differs.
+    assert any(not np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]))
+               ), method
