@@ -2,7 +2,10 @@
 
 Convolutions are padded explicitly (``dilation * (k - 1) // 2`` on each side),
 as in the PyTorch definitions the papers used, so strided layers see the same
-pixels. BatchNorm uses ``momentum=0.9`` (PyTorch's 0.1) and ``epsilon=1e-5``.
+pixels. BatchNorm uses ``momentum=0.9`` (PyTorch's 0.1) and ``epsilon=1e-5``;
+its running variance averages the biased batch variance (Flax's convention)
+unless ``unbiased_running_variance(model)`` switches it to PyTorch's
+(``n / (n - 1)`` times it, ``n`` values per channel).
 Resizing and adaptive pooling are small matrices applied along H and W
 (built with numpy at trace time, so shapes stay static).
 """
@@ -60,10 +63,79 @@ def conv(in_features: int, out_features: int, kernel_size: int, *,
       rngs=rngs)
 
 
-def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
+class BatchNorm(nnx.BatchNorm):
+  """``nnx.BatchNorm`` whose running variance may follow PyTorch.
+
+  In train mode both normalise with the biased batch variance; the running
+  average differs. Flax averages the biased variance, PyTorch
+  (``nn.BatchNorm2d``) the unbiased one, ``n / (n - 1)`` times it for ``n``
+  values per channel (batch × height × width). With
+  ``unbiased_running_var=True`` (or ``unbiased_running_variance(model)``)
+  this module updates its ``var`` as PyTorch does, so that a network
+  converted from PyTorch keeps computing the same function after training
+  steps. The difference matters where ``n`` is small: a 1×1 pyramid-pooling
+  branch at batch 8 (``n = 8``) stores a variance 8/7 times Flax's.
+
+  Args:
+    num_features: channels.
+    unbiased_running_var: PyTorch's running-variance update.
+    **kwargs: ``nnx.BatchNorm``'s.
+  """
+
+  def __init__(self, num_features: int, *, unbiased_running_var: bool = False,
+               **kwargs):
+    super().__init__(num_features, **kwargs)
+    self.unbiased_running_var = unbiased_running_var
+
+  def __call__(self, x, use_running_average: bool | None = None, *,
+               mask: jax.Array | None = None):
+    running = (use_running_average if use_running_average is not None
+               else self.use_running_average)
+    if not self.unbiased_running_var or running or running is None:
+      return super().__call__(x, use_running_average, mask=mask)
+    if mask is not None or self.axis_name is not None:
+      raise NotImplementedError(
+          'BatchNorm(unbiased_running_var=True) supports neither mask= nor '
+          'axis_name=; use unbiased_running_var=False.')
+    previous = self.var[...]
+    y = super().__call__(x, use_running_average, mask=mask)
+    feature_axes = {a % x.ndim for a in
+                    (self.axis if isinstance(self.axis, tuple)
+                     else (self.axis,))}
+    axes = tuple(a for a in range(x.ndim) if a not in feature_axes)
+    n = int(np.prod([x.shape[a] for a in axes]))
+    x32 = jnp.asarray(x, jnp.promote_types(x.dtype, jnp.float32))
+    var = jnp.var(x32, axis=axes) * (n / max(n - 1, 1))
+    self.var[...] = jax.lax.stop_gradient(
+        self.momentum * previous + (1 - self.momentum) * var
+    ).astype(previous.dtype)
+    return y
+
+
+def unbiased_running_variance(module: nnx.Module, enabled: bool = True
+                              ) -> int:
+  """Sets PyTorch's running-variance update on every ``BatchNorm`` in
+  ``module`` (see ``BatchNorm``); returns how many it set.
+
+  Example:
+    >>> from flax import nnx
+    >>> from mtl_optax import models
+    >>> model = models.create('resnet18_celeba', width=8, rngs=0)
+    >>> models.layers.unbiased_running_variance(model)   # 20 in the encoder
+    20
+  """
+  count = 0
+  for _, m in nnx.iter_modules(module):
+    if isinstance(m, BatchNorm):
+      m.unbiased_running_var = bool(enabled)
+      count += 1
+  return count
+
+
+def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> BatchNorm:
   """BatchNorm with PyTorch's defaults (momentum 0.1 there, 0.9 here)."""
-  return nnx.BatchNorm(num_features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                       rngs=rngs)
+  return BatchNorm(num_features, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                   rngs=rngs)
 
 
 class ConvBN(nnx.Module):
