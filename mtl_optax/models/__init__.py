@@ -29,7 +29,8 @@ Batches are dicts ``{'image': float32 [B, H, W, C], <task>: target, ...}``;
 ``task_losses`` maps each task to ``fn(output, batch) -> scalar``
 (``default_task_losses(name)`` for the registry's models, ``losses`` for the
 building blocks). ``create(name, rngs=..., **kwargs)`` builds a registered
-model; ``available()`` lists them.
+model; ``available()`` lists them. ``from_torchvision(model, weights)`` loads
+a torchvision ResNet / VGG-16-BN checkpoint into a model's encoder.
 
 Example (per-task gradients and Aligned-MTL on MultiMNIST's LeNet):
 
@@ -66,6 +67,7 @@ from mtl_optax.models import lenet
 from mtl_optax.models import losses
 from mtl_optax.models import mtan
 from mtl_optax.models import resnet
+from mtl_optax.models import torchvision_weights
 from mtl_optax.models import vgg
 from mtl_optax.models.base import FunctionalModel
 from mtl_optax.models.base import functional
@@ -79,6 +81,7 @@ from mtl_optax.models.registry import create
 from mtl_optax.models.registry import default_task_losses
 from mtl_optax.models.registry import ModelSpec
 from mtl_optax.models.registry import spec
+from mtl_optax.models.torchvision_weights import from_torchvision
 
 __all__ = [
     'available',
@@ -87,6 +90,7 @@ __all__ = [
     'create',
     'default_task_losses',
     'functional',
+    'from_torchvision',
     'FunctionalModel',
     'heads',
     'layers',
@@ -99,5 +103,6 @@ __all__ = [
     'RepresentationStep',
     'resnet',
     'spec',
+    'torchvision_weights',
     'vgg',
 ]

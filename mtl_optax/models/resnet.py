@@ -11,8 +11,13 @@ changes.
   ResNet-18 of Sener & Koltun at 64×64).
 - ``output_stride=8`` (or 16; ImageNet stem) replaces the strides of the
   last two stages (or the last one) by dilations 2 and 4 (or 2), as in
-  PSPNet and DeepLab; every 3×3 convolution of such a stage uses its
-  dilation. The map stays fully convolutional.
+  PSPNet and DeepLab. The map stays fully convolutional. Two conventions:
+  ``dilation_style='deeplab'`` (the default): every 3×3 convolution of a
+  dilated stage uses its dilation (DeepLab-v2, AdaShare's ResNet-34);
+  ``'torchvision'``: the 3×3 convolution that had the stride (in a dilated
+  stage's first block) keeps the previous stage's dilation, the others use
+  the stage's (torchvision's ``replace_stride_with_dilation``, and CSAIL's
+  ``ResnetDilated`` that MGDA-UB's Cityscapes PSPNet uses).
 - ``global_pool=True`` returns the ``[B, C]`` global average; otherwise the
   ``[B, H/s, W/s, C]`` feature map.
 - ``width`` is the channel count of the first stage (64 as published); the
@@ -20,6 +25,9 @@ changes.
 """
 
 from __future__ import annotations
+
+import os
+from typing import Any, Mapping
 
 import jax
 from flax import nnx
@@ -35,14 +43,21 @@ STAGE_SIZES = {
 
 
 class BasicBlock(nnx.Module):
-  """Two 3×3 convolutions and a residual connection (ResNet-18/34)."""
+  """Two 3×3 convolutions and a residual connection (ResNet-18/34).
+
+  ``strided_dilation`` is the first (strided) convolution's dilation
+  (default ``dilation``).
+  """
   expansion = 1
 
   def __init__(self, in_features: int, features: int, *, stride: int = 1,
-               dilation: int = 1, rngs: nnx.Rngs):
+               dilation: int = 1, strided_dilation: int | None = None,
+               rngs: nnx.Rngs):
     out = features * self.expansion
+    strided_dilation = dilation if strided_dilation is None else (
+        strided_dilation)
     self.conv1 = layers.ConvBN(in_features, features, 3, stride=stride,
-                               dilation=dilation, rngs=rngs)
+                               dilation=strided_dilation, rngs=rngs)
     self.conv2 = layers.ConvBN(features, out, 3, dilation=dilation, rngs=rngs)
     self.shortcut = (layers.ConvBN(in_features, out, 1, stride=stride,
                                    rngs=rngs)
@@ -56,15 +71,22 @@ class BasicBlock(nnx.Module):
 
 
 class Bottleneck(nnx.Module):
-  """1×1 → 3×3 (strided, dilated) → 1×1 (×4) with a residual (ResNet-50+)."""
+  """1×1 → 3×3 (strided, dilated) → 1×1 (×4) with a residual (ResNet-50+).
+
+  ``strided_dilation`` is the 3×3 convolution's dilation (default
+  ``dilation``).
+  """
   expansion = 4
 
   def __init__(self, in_features: int, features: int, *, stride: int = 1,
-               dilation: int = 1, rngs: nnx.Rngs):
+               dilation: int = 1, strided_dilation: int | None = None,
+               rngs: nnx.Rngs):
     out = features * self.expansion
+    strided_dilation = dilation if strided_dilation is None else (
+        strided_dilation)
     self.conv1 = layers.ConvBN(in_features, features, 1, rngs=rngs)
     self.conv2 = layers.ConvBN(features, features, 3, stride=stride,
-                               dilation=dilation, rngs=rngs)
+                               dilation=strided_dilation, rngs=rngs)
     self.conv3 = layers.ConvBN(features, out, 1, rngs=rngs)
     self.shortcut = (layers.ConvBN(in_features, out, 1, stride=stride,
                                    rngs=rngs)
@@ -88,12 +110,16 @@ class ResNet(nnx.Module):
 
   def __init__(self, *, depth: int, stem: str = 'imagenet', width: int = 64,
                output_stride: int | None = None, global_pool: bool = True,
-               in_features: int = 3, rngs: nnx.Rngs):
+               in_features: int = 3, dilation_style: str = 'deeplab',
+               rngs: nnx.Rngs):
     if depth not in STAGE_SIZES:
       raise ValueError(f'depth must be one of {sorted(STAGE_SIZES)}; '
                        f'got {depth}.')
     if stem not in ('imagenet', 'cifar'):
       raise ValueError(f"stem must be 'imagenet' or 'cifar'; got {stem!r}.")
+    if dilation_style not in ('deeplab', 'torchvision'):
+      raise ValueError("dilation_style must be 'deeplab' or 'torchvision'; "
+                       f'got {dilation_style!r}.')
     full_stride = 32 if stem == 'imagenet' else 8
     output_stride = full_stride if output_stride is None else output_stride
     num_dilated = {full_stride: 0, full_stride // 2: 1,
@@ -104,6 +130,7 @@ class ResNet(nnx.Module):
           f'{full_stride // 4} with the {stem!r} stem; got {output_stride}.')
     block = BasicBlock if depth < 50 else Bottleneck
     self.stem_kind = stem
+    self.dilation_style = dilation_style
     self.global_pool = global_pool
     if stem == 'imagenet':
       self.stem = layers.ConvBN(in_features, width, 7, stride=2, rngs=rngs)
@@ -121,8 +148,12 @@ class ResNet(nnx.Module):
       features = width * 2 ** i
       blocks = []
       for b in range(num_blocks):
+        strided_dilation = None
+        if b == 0 and i > 0 and dilation_style == 'torchvision':
+          strided_dilation = dilations[i - 1]
         blocks.append(block(in_f, features, stride=strides[i] if b == 0 else 1,
-                            dilation=dilations[i], rngs=rngs))
+                            dilation=dilations[i],
+                            strided_dilation=strided_dilation, rngs=rngs))
         in_f = features * block.expansion
       stages.append(nnx.List(blocks))
     self.stages = nnx.List(stages)
@@ -141,7 +172,9 @@ class ResNet(nnx.Module):
 
 def resnet(*, depth: int, stem: str = 'imagenet', width: int = 64,
            output_stride: int | None = None, global_pool: bool = True,
-           in_features: int = 3, rngs: nnx.Rngs) -> ResNet:
+           in_features: int = 3, dilation_style: str = 'deeplab',
+           pretrained: str | os.PathLike | Mapping[str, Any] | None = None,
+           rngs: nnx.Rngs) -> ResNet:
   """A ResNet encoder without the classifier.
 
   Args:
@@ -154,6 +187,14 @@ def resnet(*, depth: int, stem: str = 'imagenet', width: int = 64,
       default), 4 or 2 with the CIFAR stem.
     global_pool: return ``[B, C]`` pooled features instead of the map.
     in_features: input channels.
+    dilation_style: ``'deeplab'`` (every 3×3 convolution of a dilated stage
+      dilated) or ``'torchvision'`` (the one that had the stride keeps the
+      previous stage's dilation, as ``replace_stride_with_dilation``); see
+      the module docstring.
+    pretrained: a torchvision ResNet checkpoint (a ``.pth`` or
+      ``.safetensors`` path, or a state dict) loaded into the encoder with
+      ``models.from_torchvision`` (its classifier ``fc.*`` skipped); None:
+      random initialisation.
     rngs: random streams for the initialisation.
 
   Returns:
@@ -166,6 +207,12 @@ def resnet(*, depth: int, stem: str = 'imagenet', width: int = 64,
     >>> models.num_params(enc), enc.num_features
     (11176512, 512)
   """
-  return ResNet(depth=depth, stem=stem, width=width,
-                output_stride=output_stride, global_pool=global_pool,
-                in_features=in_features, rngs=rngs)
+  encoder = ResNet(depth=depth, stem=stem, width=width,
+                   output_stride=output_stride, global_pool=global_pool,
+                   in_features=in_features, dilation_style=dilation_style,
+                   rngs=rngs)
+  if pretrained is not None:
+    # pylint: disable-next=g-import-not-at-top
+    from mtl_optax.models import torchvision_weights
+    torchvision_weights.from_torchvision(encoder, pretrained, ignore=('fc',))
+  return encoder

@@ -12,6 +12,9 @@ head per coarse class on it.
 
 from __future__ import annotations
 
+import os
+from typing import Any, Mapping
+
 import jax
 from flax import nnx
 
@@ -28,6 +31,10 @@ class VGG16(nnx.Module):
     width: channels of the first block (64 as published); block ``i`` has
       ``width · (1, 2, 4, 8, 8)[i]`` channels.
     in_features: input channels.
+    pretrained: a torchvision ``vgg16_bn`` checkpoint (a ``.pth`` or
+      ``.safetensors`` path, or a state dict) loaded with
+      ``models.from_torchvision`` (its classifier ``classifier.*``
+      skipped); None: random initialisation.
     rngs: random streams for the initialisation.
 
   Example:
@@ -39,6 +46,7 @@ class VGG16(nnx.Module):
   """
 
   def __init__(self, *, width: int = 64, in_features: int = 3,
+               pretrained: str | os.PathLike | Mapping[str, Any] | None = None,
                rngs: nnx.Rngs):
     blocks = []
     in_f = in_features
@@ -51,6 +59,11 @@ class VGG16(nnx.Module):
       blocks.append(nnx.List(convs))
     self.blocks = nnx.List(blocks)
     self.num_features = in_f
+    if pretrained is not None:
+      # pylint: disable-next=g-import-not-at-top
+      from mtl_optax.models import torchvision_weights
+      torchvision_weights.from_torchvision(self, pretrained,
+                                           ignore=('classifier',))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for block in self.blocks:
