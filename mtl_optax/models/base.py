@@ -45,6 +45,14 @@ class MultiTaskModel(nnx.Module):
   ``model.eval()`` (running averages), or ``nnx.view(model,
   use_running_average=...)``.
 
+  Two optional hooks, read by ``functional``, serve encoders whose output is
+  not one representation that every task reads (soft parameter sharing,
+  ``mtl_optax.models.architectures``): a method
+  ``encoder_shared_mask(encoder_params) -> bools`` (which encoder
+  parameters more than one task depends on; default: all of them) and an
+  attribute ``representation_error`` (a message; when set, the
+  representation-level functions raise it).
+
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
@@ -159,13 +167,19 @@ class FunctionalModel:
     shared_mask: bools with ``params``' structure for the aggregators'
       ``shared=``: True on the encoder and on head parameters shared by
       several tasks' heads (MTAN's attention convolutions, stored under the
-      alphabetically first task), False on the task-specific heads.
+      alphabetically first task), False on the task-specific heads. A model
+      with an ``encoder_shared_mask`` method sets the encoder's part.
+    representation_error: None, or why the model has no single shared
+      representation (the model's ``representation_error``); then
+      ``representation_fns``, ``representation_step`` and
+      ``representation_gramians`` raise ``ValueError`` with it.
   """
   tasks: tuple[str, ...]
   params: PyTree
   batch_stats: PyTree
   shared_mask: PyTree
   _graphdefs: Mapping[str, Mapping[bool, Any]]
+  representation_error: str | None = None
 
   # -- forward passes -------------------------------------------------------
 
@@ -242,7 +256,13 @@ class FunctionalModel:
       ``encode(encoder_params, (encoder_stats, x)) -> (z, new_encoder_stats)``
       and ``heads_losses(head_params, z, (head_stats, batch)) -> (losses [T],
       new_head_stats)``.
+
+    Raises:
+      ValueError: the model has no single shared representation
+        (``representation_error``).
     """
+    if self.representation_error is not None:
+      raise ValueError(self.representation_error)
     self._check_task_losses(task_losses)
 
     def encode(encoder_params, inputs):
@@ -360,7 +380,10 @@ def functional(model: MultiTaskModel) -> FunctionalModel:
 
   Args:
     model: a ``MultiTaskModel`` (``encoder``, ``heads``, ``tasks``) whose
-      state is ``nnx.Param`` and ``nnx.BatchStat`` only.
+      state is ``nnx.Param`` and ``nnx.BatchStat`` only; its optional
+      ``encoder_shared_mask`` and ``representation_error`` (see
+      ``MultiTaskModel``) set ``shared_mask['encoder']`` and
+      ``representation_error``.
 
   Returns:
     A ``FunctionalModel``; see ``mtl_optax.models`` for an example.
@@ -370,10 +393,13 @@ def functional(model: MultiTaskModel) -> FunctionalModel:
     module = getattr(model, part)
     _, params[part], stats[part] = _split(module)
     graphdefs[part] = _mode_graphdefs(module)
+  encoder_mask = getattr(model, 'encoder_shared_mask', None)
   shared_mask = {
-      'encoder': jax.tree.map(lambda _: True, params['encoder']),
+      'encoder': (jax.tree.map(lambda _: True, params['encoder'])
+                  if encoder_mask is None else encoder_mask(params['encoder'])),
       'heads': _shared_head_mask(model.heads, model.tasks, params['heads']),
   }
-  return FunctionalModel(tasks=tuple(model.tasks), params=params,
-                         batch_stats=stats, shared_mask=shared_mask,
-                         _graphdefs=graphdefs)
+  return FunctionalModel(
+      tasks=tuple(model.tasks), params=params, batch_stats=stats,
+      shared_mask=shared_mask, _graphdefs=graphdefs,
+      representation_error=getattr(model, 'representation_error', None))
