@@ -61,6 +61,7 @@ from mtl_optax._extras import _require
 _require('flax', 'zoo', 'mtl_optax.models')
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from mtl_optax.models import architectures
 from mtl_optax.models import heads
 from mtl_optax.models import layers
 from mtl_optax.models import lenet
@@ -84,6 +85,7 @@ from mtl_optax.models.registry import spec
 from mtl_optax.models.torchvision_weights import from_torchvision
 
 __all__ = [
+    'architectures',
     'available',
     'CELEBA_ATTRIBUTES',
     'CIFAR100_COARSE_CLASSES',

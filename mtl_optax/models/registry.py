@@ -14,7 +14,18 @@ name                            dataset       input      tasks (outputs)
                                 cityscapes    128×256×3  ``'cityscapes2'``: segmentation (7),
                                                          depth (1)
 ``vgg16_cifar100mt``            cifar100_mt   32×32×3    20 coarse classes (5 logits each)
+``{arch}_mlp``                  multi_mnist   28×28×1    left, right (10 logits)
+``{arch}_resnet18_celeba``      celeb_a       64×64×3    40 attributes (2 logits each)
 ==============================  ============  =========  =====================================
+
+``{arch}`` is one of the multi-task architectures of
+``mtl_optax.models.architectures``: ``hps`` (hard parameter sharing),
+``cross_stitch``, ``mmoe``, ``cgc``, ``ple``, ``dselectk``, ``ltb``
+(Learning to Branch), over an MLP (``hidden=(256, 128)``) or the zoo's
+ResNet-18 blocks (``width``); their other keywords (``num_experts``, ``k``,
+``num_levels``, ``nodes``, ...) go to the architecture's factory. Only the
+``hps_*`` models have a single shared representation (the representation
+level); the others run at the parameter level.
 
 Every model takes ``width`` (64 as published; smaller for tests and quick
 runs) and ``rngs`` (an ``nnx.Rngs`` or an int seed). ``default_task_losses``
@@ -31,6 +42,7 @@ from flax import nnx
 
 from mtl_optax.data.task_names import CELEBA_ATTRIBUTES
 from mtl_optax.data.task_names import CIFAR100_COARSE_CLASSES
+from mtl_optax.models import architectures
 from mtl_optax.models import base
 from mtl_optax.models import heads as heads_lib
 from mtl_optax.models import layers
@@ -250,6 +262,14 @@ _REGISTRY: dict[str, ModelSpec] = {
         vgg16_cifar100mt, _classification_losses(CIFAR100_COARSE_CLASSES),
         'cifar100_mt', (32, 32, 3)),
 }
+for _arch in architectures.ARCHITECTURES:
+  _REGISTRY[f'{_arch}_mlp'] = ModelSpec(
+      architectures.multimnist_factory(_arch),
+      _classification_losses(MULTI_MNIST_TASKS), 'multi_mnist', (28, 28, 1))
+for _arch in architectures.ARCHITECTURES:
+  _REGISTRY[f'{_arch}_resnet18_celeba'] = ModelSpec(
+      architectures.celeba_factory(_arch),
+      _classification_losses(CELEBA_ATTRIBUTES), 'celeb_a', (64, 64, 3))
 
 
 def available() -> tuple[str, ...]:
