@@ -11,6 +11,7 @@ deterministic, resumable, shardable numpy ``Loader``::
     state = it.get_state()    # {'epoch': 0, 'step': 1}: checkpoint it to resume
 
 Modules: ``loader`` (the iterator), ``datasets`` (names -> specs, ``load``),
+``augment`` (the papers' training augmentation, seeded per example),
 ``image_ops`` (numpy resizing), ``prepare`` (command line to prepare the
 builders), ``builder_base``, one module per dataset (``multi_mnist``,
 ``celeb_a``, ``cifar100_mt``, ``cityscapes``, ``nyuv2``, ``seven_scenes``).
@@ -27,9 +28,9 @@ from mtl_optax._extras import _require
 
 _require('tensorflow_datasets', 'data', 'mtl_optax.data')
 
-_SUBMODULES = ('builder_base', 'celeb_a', 'cifar100_mt', 'cityscapes',
-               'datasets', 'image_ops', 'loader', 'multi_mnist', 'nyuv2',
-               'prepare', 'seven_scenes', 'synthetic', 'task_names')
+_SUBMODULES = ('augment', 'builder_base', 'celeb_a', 'cifar100_mt',
+               'cityscapes', 'datasets', 'image_ops', 'loader', 'multi_mnist',
+               'nyuv2', 'prepare', 'seven_scenes', 'synthetic', 'task_names')
 _ATTRIBUTES = {
     'DATASETS': 'datasets',
     'DatasetSpec': 'datasets',
@@ -40,6 +41,8 @@ _ATTRIBUTES = {
     'ArraySource': 'loader',
     'Loader': 'loader',
     'read_into_memory': 'loader',
+    'example_rng': 'loader',
+    'augmentation': 'augment',
     'random_batch': 'synthetic',
 }
 

@@ -12,6 +12,10 @@ with one entry per task (each module's doc gives targets and ignore values):
 * ``nyuv2``: ``segmentation`` (13 classes), ``depth``, ``normals``; 288×384×3.
 * ``seven_scenes``: ``translation`` [3], ``orientation`` [4] (w ≥ 0);
   224×224×3.
+
+``load(..., augment=True)`` augments the training stream of ``nyuv2``,
+``cityscapes``, ``cityscapes_mtan`` and ``seven_scenes`` as their papers do
+(``mtl_optax.data.augment``).
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Union
 
+from mtl_optax.data import augment as augment_lib
 from mtl_optax.data import celeb_a
 from mtl_optax.data import cifar100_mt
 from mtl_optax.data import cityscapes
@@ -71,7 +76,8 @@ DATASETS: dict[str, DatasetSpec] = {
                     cityscapes.data_source, cityscapes.preprocess_mtan),
         DatasetSpec('nyuv2', nyuv2.TASKS, nyuv2.data_source, nyuv2.preprocess),
         DatasetSpec('seven_scenes', seven_scenes.TASKS,
-                    seven_scenes.data_source, seven_scenes.preprocess),
+                    seven_scenes.data_source, seven_scenes.preprocess,
+                    preprocess_options=('crop',)),
     )
 }
 
@@ -96,6 +102,7 @@ def tasks(name: str) -> tuple[str, ...]:
 
 
 def _split_options(spec, options):
+  options = {k: v for k, v in options.items() if k != 'augment'}
   source_opts = {k: v for k, v in options.items()
                  if k not in spec.preprocess_options}
   prep_opts = {k: v for k, v in options.items() if k in spec.preprocess_options}
@@ -111,6 +118,27 @@ def num_examples(name: str, split: str, *,
   return len(spec.data_source(split, data_dir=data_dir, **source_opts))
 
 
+AugmentOption = Union[bool, Mapping[str, Any], Callable[..., dict], None]
+
+
+def augment_fn(name: str, augment: AugmentOption):
+  """The loader's ``augment(batch, rngs)`` that ``load``'s option names.
+
+  ``None`` / ``False``: none; ``True``: ``augment.augmentation(name)``; a
+  mapping: ``augment.augmentation(name, **augment)``; a callable: itself.
+  """
+  if augment is None or augment is False:
+    return None
+  if augment is True:
+    return augment_lib.augmentation(name)
+  if isinstance(augment, Mapping):
+    return augment_lib.augmentation(name, **augment)
+  if callable(augment):
+    return augment
+  raise TypeError(f'augment must be a bool, a mapping of options or a '
+                  f'callable, got {augment!r}.')
+
+
 def _compose(first, second):
   if second is None:
     return first
@@ -124,6 +152,7 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
          transform: Callable[[dict], dict] | None = None, prefetch: int = 2,
          process_index: int | None = None, process_count: int | None = None,
          state: Mapping[str, int] | None = None,
+         augment: AugmentOption = None,
          **options) -> loader_lib.Loader:
   """An iterator of batch dicts over a prepared dataset split.
 
@@ -147,14 +176,24 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
     process_index: default ``jax.process_index()``.
     process_count: default ``jax.process_count()``.
     state: ``loader.get_state()`` of an earlier run, to resume its stream.
-    **options: dataset options: ``scene=`` for ``seven_scenes``, ``config=``
-      for ``cityscapes*``, ``image_size=`` for ``celeb_a``.
+    augment: ``True`` augments a **shuffled** stream (training) with the
+      dataset's ``augment.augmentation(name)``, a mapping passes its options
+      (e.g. ``{'max_degrees': 5}``), a callable ``fn(records, rngs)`` is used
+      as it is. Applied to the stored records before the preprocessing, with
+      example ``i`` of epoch ``e`` drawing from
+      ``loader.example_rng(seed, e, i)``: resuming from ``state`` gives the
+      same augmented batches. With ``shuffle=False`` (evaluation) nothing is
+      augmented, so one set of options serves both streams.
+    **options: dataset options: ``scene=`` and ``frames=`` (``'crop'`` or
+      ``'full'``, the frames random crops need) for ``seven_scenes``,
+      ``config=`` for ``cityscapes*``, ``image_size=`` for ``celeb_a``.
 
   Returns:
     A ``Loader`` (an iterator of batch dicts with ``num_examples``,
     ``steps_per_epoch``, ``get_state`` and ``set_state``).
   """
   spec = get_spec(name)
+  augment = augment_fn(name, augment)   # built (and checked) for any stream
   source_opts, prep_opts = _split_options(spec, options)
   source = spec.data_source(split, data_dir=data_dir, **source_opts)
   if spec.in_memory if in_memory is None else in_memory:
@@ -165,4 +204,5 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
       source, batch_size=batch_size, seed=seed, shuffle=shuffle,
       drop_remainder=drop_remainder, num_epochs=num_epochs,
       transform=_compose(preprocess, transform), prefetch=prefetch,
-      process_index=process_index, process_count=process_count, state=state)
+      process_index=process_index, process_count=process_count, state=state,
+      augment=augment if shuffle else None)

@@ -27,9 +27,15 @@ their leading axis). Which examples go into which batch is a pure function of
 
 A ``transform`` maps each gathered batch (a dict of numpy arrays with a
 leading batch axis) to the batch the caller sees; the dataset modules use it
-for their preprocessing. With ``prefetch > 0`` batches are gathered and
-transformed in one background thread (numpy releases the GIL in the copies
-and arithmetic that dominate), ``prefetch`` batches ahead.
+for their preprocessing. An ``augment`` function, applied to the gathered
+records before ``transform``, also receives one ``np.random.Generator`` per
+example: ``example_rng(seed, epoch, i)`` for source index ``i``, a pure
+function of the stream's seed, the epoch and the example, so that an
+augmented stream is as reproducible as the order (the same on a resumed run,
+with or without prefetching, and whichever process reads the example). With
+``prefetch > 0`` batches are gathered and transformed in one background
+thread (numpy releases the GIL in the copies and arithmetic that dominate),
+``prefetch`` batches ahead.
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ import numpy as np
 
 Batch = dict[str, Any]
 Transform = Callable[[Batch], Batch]
+Augment = Callable[[Batch, Sequence[np.random.Generator]], Batch]
+
+# Entropy word that keeps the augmentation streams apart from the shuffling
+# stream ``default_rng((seed, epoch))`` ('augm' in ASCII).
+_AUGMENT_TAG = 0x6175676D
 
 
 # --------------------------------------------------------------------------
@@ -74,6 +85,25 @@ def epoch_order(num_examples: int, *, seed: int, epoch: int,
     raise ValueError(f'seed and epoch must be >= 0, got {seed}, {epoch}.')
   rng = np.random.default_rng((int(seed), int(epoch)))
   return rng.permutation(num_examples).astype(np.int64)
+
+
+def example_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+  """The random generator of example ``index`` (source index) in ``epoch``.
+
+  ``np.random.default_rng((0x6175676D, seed, epoch, index))``: a pure
+  function of its arguments, independent of the batch, the position in the
+  epoch and the process, and a different stream from the epoch's shuffling.
+
+  Example:
+    >>> a = example_rng(0, 1, 5).random()
+    >>> a == example_rng(0, 1, 5).random(), a == example_rng(0, 1, 6).random()
+    (True, False)
+  """
+  if seed < 0 or epoch < 0 or index < 0:
+    raise ValueError(f'seed, epoch and index must be >= 0, got {seed}, '
+                     f'{epoch}, {index}.')
+  return np.random.default_rng((_AUGMENT_TAG, int(seed), int(epoch),
+                                int(index)))
 
 
 def steps_per_epoch(num_examples: int, *, batch_size: int,
@@ -279,7 +309,7 @@ class _Error:
 
 def _index_stream(*, num_examples, batch_size, seed, shuffle, drop_remainder,
                   num_epochs, process_index, process_count, start):
-  """Yields ``(indices, state after this batch)`` from state ``start`` on."""
+  """Yields ``(indices, epoch, state after this batch)`` from ``start`` on."""
   steps = steps_per_epoch(num_examples, batch_size=batch_size,
                           drop_remainder=drop_remainder)
   epoch, step = start
@@ -290,12 +320,15 @@ def _index_stream(*, num_examples, batch_size, seed, shuffle, drop_remainder,
                               process_index=process_index,
                               process_count=process_count)
     for s in range(step, len(batches)):
-      yield batches[s], ((epoch, s + 1) if s + 1 < steps else (epoch + 1, 0))
+      yield batches[s], epoch, ((epoch, s + 1) if s + 1 < steps
+                                else (epoch + 1, 0))
     epoch, step = epoch + 1, 0
 
 
-def _make_batch(source, transform, indices):
+def _make_batch(source, transform, indices, augment=None, seed=0, epoch=0):
   batch = gather(source, indices)
+  if augment is not None:
+    batch = augment(batch, [example_rng(seed, epoch, i) for i in indices])
   return batch if transform is None else transform(batch)
 
 
@@ -310,13 +343,11 @@ def _put(out: queue.Queue, item, stop: threading.Event) -> bool:
   return False
 
 
-def _produce(stream, source, transform, out: queue.Queue,
-             stop: threading.Event):
+def _produce(stream, make_batch, out: queue.Queue, stop: threading.Event):
   """Background thread: batches of ``stream`` into ``out`` until ``stop``."""
   try:
-    for indices, next_state in stream:
-      if not _put(out, (_make_batch(source, transform, indices), next_state),
-                  stop):
+    for indices, epoch, next_state in stream:
+      if not _put(out, (make_batch(indices, epoch), next_state), stop):
         return
     item = _END
   except BaseException as exc:  # pylint: disable=broad-except
@@ -337,6 +368,10 @@ class Loader:
     drop_remainder: drop the last, incomplete global batch of each epoch.
     num_epochs: stop after this many epochs; ``None`` repeats forever.
     transform: function applied to every batch (dict of numpy arrays).
+    augment: ``fn(batch, rngs) -> batch`` applied to every gathered batch
+      before ``transform``, with ``rngs[k] = example_rng(seed, epoch, i_k)``
+      the generator of its ``k``-th example (source index ``i_k``); e.g.
+      ``mtl_optax.data.augment.augmentation(name)``.
     prefetch: number of batches prepared ahead in a background thread; ``0``
       prepares them in the calling thread.
     process_index: this process (default ``jax.process_index()``).
@@ -362,7 +397,8 @@ class Loader:
                transform: Transform | None = None, prefetch: int = 2,
                process_index: int | None = None,
                process_count: int | None = None,
-               state: Mapping[str, int] | None = None):
+               state: Mapping[str, int] | None = None,
+               augment: Augment | None = None):
     self.source = source
     self.num_examples = len(source)
     self.batch_size = int(batch_size)
@@ -371,6 +407,7 @@ class Loader:
     self.drop_remainder = bool(drop_remainder)
     self.num_epochs = num_epochs
     self.transform = transform
+    self.augment = augment
     self.prefetch = int(prefetch)
     self.process_index, self.process_count = _default_process(
         process_index, process_count)
@@ -424,6 +461,13 @@ class Loader:
         process_index=self.process_index, process_count=self.process_count,
         start=state)
 
+  def _batch_maker(self):
+    # A closure over the loader's settings, not over `self` (see __next__).
+    source, transform, augment, seed = (self.source, self.transform,
+                                        self.augment, self.seed)
+    return lambda indices, epoch: _make_batch(source, transform, indices,
+                                              augment, seed, epoch)
+
   def _shutdown(self):
     if self._thread is not None:
       self._stop.set()
@@ -455,11 +499,11 @@ class Loader:
       if self._sync is None:
         self._sync = self._stream(self._state)
       try:
-        indices, next_state = next(self._sync)
+        indices, epoch, next_state = next(self._sync)
       except StopIteration:
         self._sync = None
         raise
-      batch = _make_batch(self.source, self.transform, indices)
+      batch = self._batch_maker()(indices, epoch)
     else:
       if self._thread is None:
         self._queue = queue.Queue(maxsize=self.prefetch)
@@ -468,7 +512,7 @@ class Loader:
         # loader runs __del__, which stops the thread.
         self._thread = threading.Thread(
             target=_produce,
-            args=(self._stream(self._state), self.source, self.transform,
+            args=(self._stream(self._state), self._batch_maker(),
                   self._queue, self._stop),
             daemon=True, name='mtl_optax.data.Loader')
         self._thread.start()

@@ -15,7 +15,12 @@ sequence then frame order.
 
 Images: the shorter side resized to 256 by area averaging (640×480 → 341×256,
 the longer side ``round(640·256/480)``), then the central 224×224 crop (rows
-``[16, 240)``, columns ``[58, 282)``), stored as uint8. Poses, from the 4×4
+``[16, 240)``, columns ``[58, 282)``), stored as uint8. The ``{scene}_full``
+configs (e.g. ``chess_full``) store the whole 256×341 frame instead, for the
+random 224×224 training crops of Aligned-MTL App. D.2 (``data.load(...,
+frames='full', augment=True)``, see ``mtl_optax.data.augment``); their
+batches are central-cropped to 224×224 by ``preprocess``, pixel for pixel
+the stored crops of the plain configs. Poses, from the 4×4
 camera-to-world matrix ``[R t; 0 1]``: ``translation = t`` (metres, world
 frame) and ``orientation`` = the unit quaternion ``(w, x, y, z)`` of ``R``,
 **w first** and sign-fixed to ``w ≥ 0`` (``q`` and ``−q`` are the same
@@ -24,7 +29,8 @@ Bar-Itzhack's symmetric 4×4 matrix of ``R``, the nearest rotation's quaternion
 when ``R`` is not exactly orthonormal (as in the released text files).
 
 Batches (``preprocess``): ``image`` float32 ``[B, 224, 224, 3]`` = uint8 / 255
-(range [0, 1]); ``translation`` float32 ``[B, 3]``; ``orientation`` float32
+(range [0, 1]; the central 224×224 crop of a larger stored frame);
+``translation`` float32 ``[B, 3]``; ``orientation`` float32
 ``[B, 4]``. PNGs are decoded with Pillow.
 """
 
@@ -45,6 +51,8 @@ TASKS = ('translation', 'orientation')
 SCENES = ('chess', 'fire', 'heads', 'office', 'pumpkin', 'redkitchen',
           'stairs')
 SPLIT_FILES = {'train': 'TrainSplit.txt', 'test': 'TestSplit.txt'}
+CROP = 224
+FRAMES = ('crop', 'full')
 
 
 def rotation_to_quaternion(rotation: np.ndarray) -> np.ndarray:
@@ -99,28 +107,57 @@ def pose_targets(pose: np.ndarray) -> dict[str, np.ndarray]:
   }
 
 
+def resized_shape(shape: tuple[int, int], short_side: int) -> tuple[int, int]:
+  """``(H, W)`` with the shorter side ``short_side``, the longer rounded.
+
+  Example:
+    >>> resized_shape((480, 640), 256)
+    (256, 341)
+  """
+  h, w = shape
+  if h <= w:
+    return short_side, int(round(w * short_side / h))
+  return int(round(h * short_side / w)), short_side
+
+
+def central_crop(images: np.ndarray, crop: int) -> np.ndarray:
+  """The central ``crop × crop`` window of ``[..., H, W, C]`` images.
+
+  It starts at ``(H − crop) // 2``, ``(W − crop) // 2``; images no larger
+  than ``crop`` on both axes are returned as they are.
+
+  Example:
+    >>> central_crop(np.zeros((2, 256, 341, 3)), 224).shape
+    (2, 224, 224, 3)
+  """
+  h, w = images.shape[-3], images.shape[-2]
+  if h <= crop and w <= crop:
+    return images
+  if h < crop or w < crop:
+    raise ValueError(f'Crop {crop} larger than the image {h}x{w}.')
+  top, left = (h - crop) // 2, (w - crop) // 2
+  return images[..., top:top + crop, left:left + crop, :]
+
+
 def resize_and_crop(image: np.ndarray, *, short_side: int,
-                    crop: int) -> np.ndarray:
+                    crop: int | None) -> np.ndarray:
   """Shorter side to ``short_side`` (area averaging), central ``crop``² crop.
 
   The longer side becomes ``round(long·short_side/short)``; the crop starts
-  at ``(size − crop) // 2`` on each axis.
+  at ``(size − crop) // 2`` on each axis. ``crop=None``: no crop.
 
   Example:
     >>> resize_and_crop(np.zeros((480, 640, 3), np.uint8), short_side=256,
     ...                 crop=224).shape
     (224, 224, 3)
   """
-  h, w = image.shape[:2]
-  if h <= w:
-    size = (short_side, int(round(w * short_side / h)))
-  else:
-    size = (int(round(h * short_side / w)), short_side)
-  if min(size) < crop:
+  size = resized_shape(image.shape[:2], short_side)
+  if crop is not None and min(size) < crop:
     raise ValueError(f'Crop {crop} larger than the resized image {size}.')
   resized = image_ops.to_uint8(image_ops.resize_area(image, size))
-  top, left = (size[0] - crop) // 2, (size[1] - crop) // 2
-  return resized[top:top + crop, left:left + crop]
+  if crop is None:
+    return resized
+  return central_crop(resized, crop)
 
 
 def read_split_file(path) -> list[int]:
@@ -135,10 +172,21 @@ def read_split_file(path) -> list[int]:
 
 @dataclasses.dataclass
 class SevenScenesConfig(tfds.core.BuilderConfig):
-  """A scene and the image geometry."""
+  """A scene and the image geometry.
+
+  ``crop=None`` stores the whole resized frame, of ``resized_shape(
+  frame_size, short_side)`` (every frame of a scene must have
+  ``frame_size``).
+  """
   scene: str = 'chess'
   short_side: int = 256
-  crop: int = 224
+  crop: int | None = 224
+  frame_size: tuple[int, int] = (480, 640)
+
+  def stored_size(self) -> tuple[int, int]:
+    if self.crop is None:
+      return resized_shape(self.frame_size, self.short_side)
+    return self.crop, self.crop
 
 
 # Not registered when run as a script, where the module is imported twice.
@@ -148,20 +196,23 @@ class SevenScenes(builder_base.ArrayRecordBuilder,
 
   name = 'seven_scenes'
   VERSION = tfds.core.Version('1.0.0')
-  BUILDER_CONFIGS = [SevenScenesConfig(name=s, scene=s) for s in SCENES]
+  BUILDER_CONFIGS = (
+      [SevenScenesConfig(name=s, scene=s) for s in SCENES] +
+      [SevenScenesConfig(name=f'{s}_full', scene=s, crop=None)
+       for s in SCENES])
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'Download the 7-Scenes scenes (https://www.microsoft.com/en-us/research/'
       'project/rgb-d-dataset-7-scenes/), extract each {scene}.zip and its '
       'seq-XX.zip files in the manual directory: {scene}/seq-XX/frame-*.')
 
   def _info(self) -> tfds.core.DatasetInfo:
-    c = self.builder_config.crop
+    h, w = self.builder_config.stored_size()
     t = tfds.features.Tensor
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({
-            'image': t(shape=(c, c, 3), dtype=np.uint8),
+            'image': t(shape=(h, w, 3), dtype=np.uint8),
             'translation': t(shape=(3,), dtype=np.float32),
             'orientation': t(shape=(4,), dtype=np.float32),
         }),
@@ -187,6 +238,9 @@ class SevenScenes(builder_base.ArrayRecordBuilder,
         frame = path.name[:-len('.color.png')]
         with Image.open(path) as img:
           image = np.asarray(img.convert('RGB'))
+        if config.crop is None and image.shape[:2] != tuple(config.frame_size):
+          raise ValueError(f'{path}: frame of {image.shape[:2]}, the config '
+                           f'{config.name!r} expects {config.frame_size}.')
         pose = np.loadtxt(path.parent / f'{frame}.pose.txt')
         yield f'{seq:02d}/{frame}', {
             'image': resize_and_crop(image, short_side=config.short_side,
@@ -196,15 +250,33 @@ class SevenScenes(builder_base.ArrayRecordBuilder,
 
 
 def data_source(split: str, *, data_dir: str | os.PathLike | None = None,
-                scene: str | SevenScenesConfig = 'chess'):
-  """The prepared scene's split as a random-access source."""
+                scene: str | SevenScenesConfig = 'chess',
+                frames: str = 'crop'):
+  """The prepared scene's split as a random-access source.
+
+  Args:
+    split: ``'train'`` or ``'test'``.
+    data_dir: the tfds data directory.
+    scene: a scene name (or a ``SevenScenesConfig``, used as it is).
+    frames: ``'crop'`` (config ``scene``: the stored central 224 crops) or
+      ``'full'`` (config ``{scene}_full``: the 256×341 frames, for random
+      crops).
+  """
+  if frames not in FRAMES:
+    raise ValueError(f'frames must be one of {FRAMES}, got {frames!r}.')
+  if frames == 'full' and isinstance(scene, str):
+    scene = f'{scene}_full'
   builder = SevenScenes(
       data_dir=None if data_dir is None else os.fspath(data_dir), config=scene)
   return builder.as_prepared_source(split)
 
 
-def preprocess(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def preprocess(batch: Mapping[str, np.ndarray], *,
+               crop: int = CROP) -> dict[str, np.ndarray]:
   """Records -> ``{'image', 'translation', 'orientation'}`` (module doc).
+
+  Images larger than ``crop`` (the ``{scene}_full`` frames) are cropped to
+  their central ``crop × crop`` window (``central_crop``).
 
   Example:
     >>> b = preprocess({'image': np.zeros((1, 4, 4, 3), np.uint8),
@@ -214,7 +286,8 @@ def preprocess(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     (dtype('float32'), dtype('float32'), (1, 3))
   """
   return {
-      'image': image_ops.to_float(batch['image']),
+      'image': image_ops.to_float(central_crop(np.asarray(batch['image']),
+                                               crop)),
       'translation': np.asarray(batch['translation'], np.float32),
       'orientation': np.asarray(batch['orientation'], np.float32),
   }
