@@ -261,13 +261,49 @@ def select(methods, *, args) -> dict:
     runs += candidates
     best = max(candidates, key=lambda r: sum(r['last']['valid']))
     chosen[spec] = best['learning_rate']
-    _write_json(out, {'epochs': args.epochs,
-                      'decay_epochs': scaled_decay(args.epochs),
-                      'seed': args.select_seed, 'geometry': args.geometry,
-                      'train_split': train_split,
-                      'valid_split': valid_split, 'chosen': chosen,
-                      'runs': runs})
+    selection = {'epochs': args.epochs,
+                 'decay_epochs': scaled_decay(args.epochs),
+                 'seed': args.select_seed, 'geometry': args.geometry,
+                 'train_split': train_split, 'valid_split': valid_split,
+                 'chosen': chosen, 'runs': runs}
+    _write_json(out, selection)
+    out.with_suffix('.md').write_text(selection_markdown(selection))
   return chosen
+
+
+def selection_markdown(selection: dict) -> str:
+  """The selection stage as a table: validation accuracy per rate."""
+  rates = sorted({r['learning_rate'] for r in selection['runs']})
+  lines = [
+      '# MultiMNIST: learning-rate selection on the validation split', '',
+      f'MultiMNIST geometry `{selection.get("geometry", "?")}`; trained on '
+      f'`{selection["train_split"]}` for {selection["epochs"]:g} epochs '
+      '(SGD momentum 0.9, batch 256, the rate halved at epochs '
+      f'{", ".join(f"{e:g}" for e in selection["decay_epochs"])}; seed '
+      f'{selection["seed"]}); mean of the left and right accuracy [%] on '
+      f'`{selection["valid_split"]}`. Bold: the chosen rate. The test set is '
+      'not used.', '',
+      '| method | ' + ' | '.join(f'{lr:g}' for lr in rates) + ' | s/step |',
+      '|---|' + '---|' * (len(rates) + 1)]
+  by_method: dict[str, dict[float, dict]] = {}
+  for r in selection['runs']:
+    by_method.setdefault(r['method'], {})[r['learning_rate']] = r
+  for spec, runs in by_method.items():
+    cells = []
+    for lr in rates:
+      if lr not in runs:
+        cells.append('–')
+        continue
+      text = f'{np.mean(runs[lr]["last"]["valid"]):.2f}'
+      cells.append(f'**{text}**' if selection['chosen'].get(spec) == lr
+                   else text)
+    step = np.median([r['seconds_per_step'] for r in runs.values()])
+    lines.append(f'| {_label(spec)} | ' + ' | '.join(cells) +
+                 f' | {step:.4f} |')
+  total = sum(r['wall_seconds'] for r in selection['runs'])
+  lines += ['', f'{len(selection["runs"])} runs, {total / 3600:.2f} h of '
+            'wall time on 2 shared CPU cores.', '']
+  return '\n'.join(lines)
 
 
 def final(methods, *, args) -> list[dict]:
@@ -431,6 +467,13 @@ def figure(data: dict, path: pathlib.Path) -> None:
 
 
 def render(out: pathlib.Path) -> None:
+  """Rewrites the tables (and the figure) from the JSON files there are."""
+  select_json = pathlib.Path(f'{out}_select.json')
+  if select_json.exists():
+    pathlib.Path(f'{out}_select.md').write_text(
+        selection_markdown(json.loads(select_json.read_text())))
+  if not out.with_suffix('.json').exists():
+    return
   data = json.loads(out.with_suffix('.json').read_text())
   out.with_suffix('.md').write_text(markdown(data))
   figure(data, out.with_suffix('.png'))
@@ -473,7 +516,6 @@ def main(argv=None):
 
   if args.stage == 'render':
     render(pathlib.Path(args.out))
-    print(pathlib.Path(args.out).with_suffix('.md').read_text())
     return
   if not args.data_dir:
     parser.error('--data-dir is required for the select and final stages')

@@ -42,6 +42,9 @@ def test_select_then_final(tmp_path, data_dir, monkeypatch):
       assert 'test' not in r['last'] and r['steps'] == 2
   assert {r['level'] for r in selection['runs']} == {'parameter',
                                                        'representation'}
+  table = (tmp_path / 'mm_select.md').read_text()
+  assert table.count('**') == 4       # one chosen rate per method
+  assert '| 0.001 | 0.05 | s/step |' in table
 
   bench.main(['final', *_args(tmp_path, data_dir, '--methods', methods,
                               '--final-epochs', '2', '--seeds', '2')])
