@@ -17,12 +17,12 @@ def get_config(arch: str = 'mtan', **overrides) -> training.Config:
         model='mtan_segnet', model_kwargs={'tasks': 'nyuv2'},
         dataset='nyuv2', dataset_options={'augment': True},
         method='aligned_mtl', train_split='train',
-        eval_split='test', batch_size=2, optimizer='adam',
+        eval_split='validation', batch_size=2, optimizer='adam',
         learning_rate=1e-4, num_epochs=200)
   elif arch == 'aspp':
     config = training.Config(
         model='resnet34_aspp_nyuv2', dataset='nyuv2', method='mamg',
-        train_split='train', eval_split='test', batch_size=16,
+        train_split='train', eval_split='validation', batch_size=16,
         optimizer='adamw', learning_rate=1e-2, weight_decay=1e-4,
         num_epochs=200)
   else:

@@ -91,14 +91,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help='download the source files (multi_mnist, '
                            'cifar100_mt) that --manual-dir does not hold')
   parser.add_argument('--config', action='append', default=None,
-                      help='builder config (repeatable); seven_scenes: scene '
-                           'names, default all')
+                      help='builder config (repeatable); seven_scenes: default '
+                           'every scene\'s whole frames (chess_full, ...), or '
+                           'scene names for the stored central crops')
   parser.add_argument('--no-verify', action='store_true',
                       help='skip SHA256 checks of the source files')
   args = parser.parse_args(argv)
   configs = args.config
   if configs is None:
-    configs = list(seven_scenes.SCENES) if args.name == 'seven_scenes' else [None]
+    # 7-Scenes: the whole frames, which the config crops (randomly for
+    # training, centrally for evaluation); '--config chess' etc. prepare the
+    # stored central crops instead.
+    configs = ([f'{s}_full' for s in seven_scenes.SCENES]
+               if args.name == 'seven_scenes' else [None])
   for config in configs:
     start = time.perf_counter()
     try:
