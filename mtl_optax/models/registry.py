@@ -36,6 +36,7 @@ gives each entry's ``task_losses`` for the batch convention
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 from flax import nnx
@@ -50,7 +51,11 @@ from mtl_optax.models import lenet
 from mtl_optax.models import losses
 from mtl_optax.models import mtan
 from mtl_optax.models import resnet as resnet_lib
+from mtl_optax.models import torchvision_weights
 from mtl_optax.models import vgg
+
+# A torchvision checkpoint: a path (.pth, .safetensors) or a state dict.
+Pretrained = str | os.PathLike | Mapping[str, Any] | None
 
 MULTI_MNIST_TASKS = ('left', 'right')
 SEVEN_SCENES_TASKS = ('translation', 'orientation')
@@ -95,12 +100,15 @@ def resnet18_celeba(*, rngs: nnx.Rngs | int = 0,
 
 
 def resnet34_7scenes(*, rngs: nnx.Rngs | int = 0, width: int = 64,
-                     in_features: int = 3) -> base.MultiTaskModel:
+                     in_features: int = 3,
+                     pretrained: Pretrained = None) -> base.MultiTaskModel:
   """ResNet-34 (7×7/2 stem + max-pool), pooled; FC 3 (translation) and FC 4
-  (orientation, a raw quaternion: normalise it for use)."""
+  (orientation, a raw quaternion: normalise it for use). ``pretrained``: a
+  torchvision ``resnet34`` checkpoint for the encoder (see
+  ``models.from_torchvision``)."""
   rngs = _rngs(rngs)
   encoder = resnet_lib.resnet(depth=34, width=width, in_features=in_features,
-                              rngs=rngs)
+                              pretrained=pretrained, rngs=rngs)
   return base.MultiTaskModel(encoder, {
       'translation': nnx.Linear(encoder.num_features, 3, rngs=rngs),
       'orientation': nnx.Linear(encoder.num_features, 4, rngs=rngs)})
@@ -111,18 +119,26 @@ def resnet50_pspnet_cityscapes(*, rngs: nnx.Rngs | int = 0,
                                bins: Sequence[int] = (1, 2, 3, 6),
                                pool_features: int | None = None,
                                features: int | None = None,
-                               in_features: int = 3) -> base.MultiTaskModel:
+                               in_features: int = 3,
+                               dilation_style: str = 'torchvision',
+                               pretrained: Pretrained = None
+                               ) -> base.MultiTaskModel:
   """Dilated ResNet-50 (output stride 8) and a PSPNet head per task.
 
   Outputs at the input size (sides must be multiples of 8): segmentation
   logits (``num_classes``), instance centre offsets (2), disparity (1).
   ``features`` (fusion channels) defaults to ``8 · width`` (512) and
   ``pool_features`` to a quarter of the encoder's channels (512).
+  ``dilation_style='torchvision'``: the dilated ResNet of MGDA-UB's code
+  (CSAIL's, torchvision's ``replace_stride_with_dilation``); ``pretrained``:
+  a torchvision ``resnet50`` checkpoint for the encoder (003 initialises it
+  on ImageNet).
   """
   rngs = _rngs(rngs)
   encoder = resnet_lib.resnet(depth=50, width=width, output_stride=8,
                               global_pool=False, in_features=in_features,
-                              rngs=rngs)
+                              dilation_style=dilation_style,
+                              pretrained=pretrained, rngs=rngs)
   features = 8 * width if features is None else features
   outputs = {'segmentation': num_classes, 'instance': 2, 'depth': 1}
   return base.MultiTaskModel(encoder, {
@@ -135,9 +151,14 @@ def resnet50_pspnet_cityscapes(*, rngs: nnx.Rngs | int = 0,
 def resnet34_aspp_nyuv2(*, rngs: nnx.Rngs | int = 0, num_classes: int = 13,
                         width: int = 64, rates: Sequence[int] = (6, 12, 18, 24),
                         hidden: int | None = None,
-                        in_features: int = 3) -> base.MultiTaskModel:
+                        in_features: int = 3,
+                        dilation_style: str = 'deeplab',
+                        pretrained: Pretrained = None
+                        ) -> base.MultiTaskModel:
   """Dilated ResNet-34 (output stride 8) and a DeepLab-v2 ASPP head per task
   (the AdaShare/MAMG set-up). ``hidden`` defaults to ``16 · width`` (1024).
+  ``dilation_style='deeplab'`` dilates every block of a stage (AdaShare's
+  convention); ``pretrained``: a torchvision ``resnet34`` checkpoint.
 
   Outputs at the input size (sides multiples of 8): segmentation logits
   (``num_classes``), depth (1), unit normals (3).
@@ -145,7 +166,8 @@ def resnet34_aspp_nyuv2(*, rngs: nnx.Rngs | int = 0, num_classes: int = 13,
   rngs = _rngs(rngs)
   encoder = resnet_lib.resnet(depth=34, width=width, output_stride=8,
                               global_pool=False, in_features=in_features,
-                              rngs=rngs)
+                              dilation_style=dilation_style,
+                              pretrained=pretrained, rngs=rngs)
   hidden = 16 * width if hidden is None else hidden
 
   def head(out):
@@ -163,25 +185,34 @@ def mtan_segnet(*, rngs: nnx.Rngs | int = 0,
                 tasks: str | Mapping[str, int] = 'nyuv2',
                 num_classes: int | None = None, width: int = 64,
                 filters: Sequence[int] | None = None,
-                in_features: int = 3) -> base.MultiTaskModel:
+                in_features: int = 3,
+                pretrained: Pretrained = None) -> base.MultiTaskModel:
   """MTAN SegNet (see ``mtl_optax.models.mtan``); ``tasks='nyuv2'`` or
   ``'cityscapes2'``. ``filters`` defaults to ``(64, 128, 256, 512, 512)``
-  scaled by ``width / 64``."""
+  scaled by ``width / 64``; ``pretrained``: a torchvision ``vgg16_bn``
+  checkpoint for the encoder half (its classifier is skipped)."""
   if filters is None:
     filters = tuple(f * width // 64 for f in mtan.FILTERS)
-  return mtan.mtan_segnet(tasks=dict(tasks) if not isinstance(tasks, str)
-                          else tasks, num_classes=num_classes,
-                          filters=filters, in_features=in_features,
-                          rngs=_rngs(rngs))
+  model = mtan.mtan_segnet(tasks=dict(tasks) if not isinstance(tasks, str)
+                           else tasks, num_classes=num_classes,
+                           filters=filters, in_features=in_features,
+                           rngs=_rngs(rngs))
+  if pretrained is not None:
+    torchvision_weights.from_torchvision(model, pretrained,
+                                         ignore=('classifier',))
+  return model
 
 
 def vgg16_cifar100mt(*, rngs: nnx.Rngs | int = 0,
                      tasks: Sequence[str] = CIFAR100_COARSE_CLASSES,
                      num_classes: int = 5, width: int = 64,
-                     in_features: int = 3) -> base.MultiTaskModel:
-  """VGG-16-BN convolutional stack; an FC-5 head per CIFAR-100 coarse class."""
+                     in_features: int = 3,
+                     pretrained: Pretrained = None) -> base.MultiTaskModel:
+  """VGG-16-BN convolutional stack; an FC-5 head per CIFAR-100 coarse class.
+  ``pretrained``: a torchvision ``vgg16_bn`` checkpoint for the stack."""
   rngs = _rngs(rngs)
-  encoder = vgg.VGG16(width=width, in_features=in_features, rngs=rngs)
+  encoder = vgg.VGG16(width=width, in_features=in_features,
+                      pretrained=pretrained, rngs=rngs)
   return base.MultiTaskModel(encoder, {
       t: nnx.Linear(encoder.num_features, num_classes, rngs=rngs)
       for t in tasks})
