@@ -165,16 +165,24 @@ def test_loss_functions_match_numpy():
   rng = np.random.default_rng(1)
   noise_next = rng.normal(size=(3, 5, 2)).astype(np.float32)
   noise_pi = rng.normal(size=(3, 5, 2)).astype(np.float32)
-  alpha = jnp.exp(state.log_alpha)
-  x = mtsac.with_task_id(CFG, jnp.asarray(batch['obs']))
-  target = mtsac.critic_target(
-      CFG, state.actor, state.target_critic,
-      mtsac.with_task_id(CFG, jnp.asarray(batch['next_obs'])),
-      batch['reward'], batch['done'], alpha, noise_next)
-  critic_l, _ = mtsac.critic_loss(state.critic, x, batch['action'], target)
-  actor_l, log_pi = mtsac.actor_loss(state.actor, state.critic, x, noise_pi,
-                                     alpha, cfg=CFG)
-  alpha_l = mtsac.alpha_losses(state.log_alpha, log_pi, CFG.entropy_target)
+
+  @jax.jit
+  def losses(state, batch, noise_next, noise_pi):
+    alpha = jnp.exp(state.log_alpha)
+    x = mtsac.with_task_id(CFG, batch['obs'])
+    target = mtsac.critic_target(
+        CFG, state.actor, state.target_critic,
+        mtsac.with_task_id(CFG, batch['next_obs']),
+        batch['reward'], batch['done'], alpha, noise_next)
+    critic_l, _ = mtsac.critic_loss(state.critic, x, batch['action'], target)
+    actor_l, log_pi = mtsac.actor_loss(state.actor, state.critic, x,
+                                       noise_pi, alpha, cfg=CFG)
+    alpha_l = mtsac.alpha_losses(state.log_alpha, log_pi, CFG.entropy_target)
+    return (critic_l, actor_l, alpha_l), mtsac.deterministic_action(
+        CFG, state.actor, x)
+
+  (critic_l, actor_l, alpha_l), action = losses(state, batch, noise_next,
+                                                noise_pi)
   want = _np_losses(state.actor, state.critic, state.target_critic,
                     state.critic, state.log_alpha, batch, noise_next,
                     noise_pi)
@@ -183,8 +191,7 @@ def test_loss_functions_match_numpy():
     np.testing.assert_allclose(got, expected, rtol=2e-5, atol=1e-5)
   # Deterministic action: tanh of the mean.
   np.testing.assert_allclose(
-      mtsac.deterministic_action(CFG, state.actor, x),
-      np.tanh(_np_mlp(state.actor, _np_inputs(batch['obs']))[..., :2]),
+      action, np.tanh(_np_mlp(state.actor, _np_inputs(batch['obs']))[..., :2]),
       rtol=1e-5, atol=1e-6)
 
 

@@ -32,7 +32,7 @@ One run (``train``):
 
 Examples::
 
-    # one run (about 4 steps/s on a loaded 2-core CPU: see the docs page)
+    # one run (about 5.5 steps/s on a loaded 2-core CPU: docs/rl.md)
     python -m benchmarks.rl.mt10 --method aligned_mtl --steps 300000 \\
         --seed 0 --workdir runs/rl/mt10/aligned_mtl/seed0
     # several methods and seeds, one after another, each resumable
@@ -90,7 +90,7 @@ class RunConfig:
   episode_length: int = envs_lib.EPISODE_LENGTH
   eval_every: int = 10_000
   normalize_reward: bool = True
-  sac: mtsac.SACConfig = mtsac.SACConfig(jacobian='per_task')
+  sac: mtsac.SACConfig = mtsac.SACConfig()
 
   def to_json(self) -> dict:
     out = dataclasses.asdict(self)

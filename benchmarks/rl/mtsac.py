@@ -74,6 +74,9 @@ class SACConfig:
   (discount 0.99, init_temperature 1.0, critic_tau 0.005, actor and target
   updates every step) and ``run.sh`` (``replay_buffer.batch_size=1280``:
   128 per task here). ``target_entropy`` None is mtrl's ``-|A|``.
+  ``jacobian``: how the stacked per-task gradients are computed (module
+  docstring); ``one_hot``, ``per_task_alpha``: the task id in the input and
+  one temperature per task (False, False: CAGrad's runs).
   """
   num_tasks: int = 10
   obs_dim: int = 39
@@ -93,7 +96,7 @@ class SACConfig:
   log_std_max: float = 2.0
   target_entropy: float | None = None
   per_task_alpha: bool = True
-  jacobian: str = 'vjp'
+  jacobian: str = 'per_task'
 
   def __post_init__(self):
     if self.jacobian not in JACOBIANS:
