@@ -28,8 +28,8 @@ import optax
 from mtl_optax import _checks
 from mtl_optax import diagnostics as diag_lib
 from mtl_optax import gramians as gram_lib
-from mtl_optax.aggregators import AggregatorState
-from mtl_optax.aggregators import leaves_finite
+from mtl_optax.methods._core import AggregatorState
+from mtl_optax.methods._core import leaves_finite
 
 PyTree = Any
 

@@ -25,10 +25,10 @@ from optax.experimental import aggregating
 
 from mtl_optax import _checks
 from mtl_optax import gramians as gram_lib
-from mtl_optax.aggregators import Proposal
-from mtl_optax.aggregators import _build
-from mtl_optax.aggregators import leaves_finite
-from mtl_optax.aggregators import state_dtype
+from mtl_optax.methods._core import Proposal
+from mtl_optax.methods._core import _build
+from mtl_optax.methods._core import leaves_finite
+from mtl_optax.methods._core import state_dtype
 from mtl_optax.baselines import _require_num_tasks
 from mtl_optax.weightings import loss_based
 

@@ -68,12 +68,12 @@ _require('tqdm', 'train', 'mtl_optax.training')
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from flax import nnx
 
-from mtl_optax import aggregators as aggregators_lib
 from mtl_optax import compiler
 from mtl_optax import metrics as metrics_lib
 from mtl_optax import registry
 from mtl_optax.data.task_names import SEGMENTATION_CLASSES
 from mtl_optax.jacobian import value_and_jacobian
+from mtl_optax.methods._core import aggregator_state
 
 PyTree = Any
 Batch = Mapping[str, Any]
@@ -767,7 +767,7 @@ def _build(config: Config, *, num_train_examples: int,
           loss_fn, has_aux=True)(state.params, state.batch_stats, batch)
       updates, opt_state = tx.update(grads, state.opt_state, state.params,
                                      losses=losses)
-      agg_state = aggregators_lib.aggregator_state(opt_state)
+      agg_state = aggregator_state(opt_state)
       params, opt_state = _apply_unless_skipped(
           agg_state.last_skipped, state.params, updates, opt_state,
           state.opt_state)

@@ -21,8 +21,8 @@ from scipy import optimize
 import mtl_optax as mtl
 from mtl_optax import weightings as W
 from mtl_optax.weightings import loss_based as LB
-from mtl_optax.weightings.cagrad import solve_cagrad
-from mtl_optax.weightings.cagrad import solve_cagrad_dual
+from mtl_optax.methods.cagrad import solve_cagrad
+from mtl_optax.methods.cagrad import solve_cagrad_dual
 
 # Jitted entry points, compiled once per shape (and static argument) and
 # shared by the tests.

@@ -360,7 +360,7 @@ def test_aligned_median_is_the_lower_middle_for_an_even_count(t):
     np.testing.assert_allclose(ratio, np.sqrt(lower) / s.min(), rtol=1e-4)
     assert abs(ratio - np.sqrt(0.5 * (lower + upper)) / s.min()) > 1e-2
   # alignment_scale itself, on an unsorted spectrum with a dropped value.
-  from mtl_optax.weightings.aligned import alignment_scale
+  from mtl_optax.methods.aligned_mtl import alignment_scale
   squared = jnp.array([4., 0., 9., 1., 16.], jnp.float32)
   keep = squared > 0
   # Kept 1, 4, 9, 16: the lower middle is 4 (σ = 2), not 6.5.

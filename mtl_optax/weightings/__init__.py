@@ -12,33 +12,33 @@ scale-equivariant (``d(σG) = σ d(G)``) gives the same ``c`` for it, and the
 aggregators correct the others (see ``mtl_optax.mgda``).
 """
 
-from mtl_optax.weightings.aligned import aligned
-from mtl_optax.weightings.bargaining import fairgrad
-from mtl_optax.weightings.bargaining import nash_mtl
-from mtl_optax.weightings.bargaining import solve_power_balance
-from mtl_optax.weightings.cagrad import cagrad
-from mtl_optax.weightings.config import config
-from mtl_optax.weightings.dual_cone import dualproj
-from mtl_optax.weightings.dual_cone import project_to_dual_cone
-from mtl_optax.weightings.dual_cone import upgrad
-from mtl_optax.weightings.gradvac import gradvac
-from mtl_optax.weightings.imtl import imtl_g
-from mtl_optax.weightings import active_set
+from mtl_optax.methods.aligned_mtl import aligned
+from mtl_optax.methods.bargaining import fairgrad
+from mtl_optax.methods.bargaining import nash_mtl
+from mtl_optax.methods.bargaining import solve_power_balance
+from mtl_optax.methods.cagrad import cagrad
+from mtl_optax.methods.conflict_free import config
+from mtl_optax.methods.dual_cone import dualproj
+from mtl_optax.methods.dual_cone import project_to_dual_cone
+from mtl_optax.methods.dual_cone import upgrad
+from mtl_optax.methods.gradvac import gradvac
+from mtl_optax.methods.imtl import imtl_g
+from mtl_optax import active_set
 from mtl_optax.weightings import loss_based
-from mtl_optax.weightings.aligned import aligned_direction_svd
-from mtl_optax.weightings.linear import linear
-from mtl_optax.weightings.mamg import mamg
-from mtl_optax.weightings.mamg import mamg_draws
-from mtl_optax.weightings.mamg import mamg_one_sided
-from mtl_optax.weightings.mamg import CLIPS as mamg_clips
-from mtl_optax.weightings.mamg import REDUCTIONS as mamg_reductions
-from mtl_optax.weightings.mgda import mgda
-from mtl_optax.weightings.mgda import min_norm_two
-from mtl_optax.weightings.mgda import min_norm_frank_wolfe
-from mtl_optax.weightings.mgda import normalization_scales
-from mtl_optax.weightings.mgda import SOLVERS as mgda_solvers
-from mtl_optax.weightings.pcgrad import pcgrad
-from mtl_optax.weightings.pcgrad import random_orders
+from mtl_optax.methods.aligned_mtl import aligned_direction_svd
+from mtl_optax.methods.linear_scalarization import linear
+from mtl_optax.methods.mamg import mamg
+from mtl_optax.methods.mamg import mamg_draws
+from mtl_optax.methods.mamg import mamg_one_sided
+from mtl_optax.methods.mamg import CLIPS as mamg_clips
+from mtl_optax.methods.mamg import REDUCTIONS as mamg_reductions
+from mtl_optax.methods.mgda import mgda
+from mtl_optax.methods.mgda import min_norm_two
+from mtl_optax.methods.mgda import min_norm_frank_wolfe
+from mtl_optax.methods.mgda import normalization_scales
+from mtl_optax.methods.mgda import SOLVERS as mgda_solvers
+from mtl_optax.methods.pcgrad import pcgrad
+from mtl_optax.methods.pcgrad import random_orders
 
 __all__ = [
     'cagrad',

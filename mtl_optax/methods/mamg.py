@@ -85,8 +85,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtl_optax import _checks
-from mtl_optax.weightings.linear import preference_vector
-from mtl_optax.weightings.pcgrad import _surgery
+from mtl_optax.methods.linear_scalarization import preference_vector
+from mtl_optax.methods.pcgrad import _surgery
 
 REDUCTIONS = ('sum', 'mean')
 CLIPS = ('larger_norm', 'random', 'sequential')

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mtl_optax.weightings.linear import preference_vector
+from mtl_optax.methods.linear_scalarization import preference_vector
 
 
 def random_orders(key: jax.Array, num_tasks: int) -> jax.Array:

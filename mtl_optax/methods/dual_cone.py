@@ -23,8 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mtl_optax.weightings import active_set
-from mtl_optax.weightings.linear import preference_vector
+from mtl_optax import active_set
+from mtl_optax.methods.linear_scalarization import preference_vector
 
 
 def project_to_dual_cone(gram: jax.Array, u: jax.Array,

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mtl_optax.weightings import active_set
+from mtl_optax import active_set
 
 NORMALIZATIONS = ('none', 'l2', 'loss', 'loss+')
 SOLVERS = ('active_set', 'frank_wolfe', 'frank_wolfe_away')

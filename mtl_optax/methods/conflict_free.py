@@ -36,7 +36,7 @@ relative (``K_u`` does not depend on the gradients' scale), so
 import jax
 import jax.numpy as jnp
 
-from mtl_optax.weightings.aligned import kept_spectrum
+from mtl_optax.methods.aligned_mtl import kept_spectrum
 
 # Multiplies √T times the first-order rounding bound on ‖e‖ (see the module
 # docstring). Measured on ~10⁴ Gramians of exactly cancelling unit gradients

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from mtl_optax.weightings import active_set
+from mtl_optax import active_set
 
 RESCALES = (0, 1, 2)
 

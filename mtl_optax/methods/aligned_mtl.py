@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mtl_optax.weightings.linear import preference_vector
+from mtl_optax.methods.linear_scalarization import preference_vector
 
 SCALE_MODES = ('min', 'median', 'rmse')
 

@@ -16,7 +16,7 @@ sum to 0 (no direction has equal positive projections), uniform weights
 import jax
 import jax.numpy as jnp
 
-from mtl_optax.weightings.aligned import kept_spectrum
+from mtl_optax.methods.aligned_mtl import kept_spectrum
 
 
 def pinv_psd(gram: jax.Array) -> jax.Array:
