@@ -92,7 +92,7 @@ def _weighting_directions(matrix, keys):
       c = w.mgda(k, params['normalization'])
       if params['normalization'] == 'l2':
         c = c / scale
-    elif key in ('upgrad', 'dualproj', 'imtl_g', 'config'):
+    elif key in ('upgrad', 'dualproj', 'imtl_g', 'conflict_free'):
       c = getattr(w, key)(k)
     elif key.startswith('cagrad'):
       c = w.cagrad(k, params['c'], params['rescale'])

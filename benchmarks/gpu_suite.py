@@ -155,7 +155,7 @@ TORCHJD: dict[str, tuple[str, Callable[[int], dict], str]] = {
     'nash_mtl': ('NashMTL', lambda t: {'n_tasks': t},
                  '1× (both clip the norm to 1)'),
     'fairgrad': ('FairGrad', lambda t: {'alpha': 1.0}, '1× (α=1)'),
-    'config': ('ConFIG', lambda t: {}, '1×'),
+    'conflict_free': ('ConFIG', lambda t: {}, '1×'),
     'pcgrad': ('PCGrad', lambda t: {}, 'same sum, other projection orders'),
     'gradvac': ('GradVac', lambda t: {}, 'same sum, other visiting orders'),
     'random_weighting': ('Random', lambda t: {}, 'other random weights'),

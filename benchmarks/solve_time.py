@@ -45,7 +45,7 @@ METHODS = {
     'fairgrad': lambda k: W.fairgrad(k),
     'imtl_g': lambda k: W.imtl_g(k),
     'aligned': lambda k: W.aligned(k),
-    'config': lambda k: W.config(k),
+    'conflict_free': lambda k: W.conflict_free(k),
 }
 KINDS = ('random', 'conflict', 'aligned')
 

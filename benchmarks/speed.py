@@ -115,7 +115,7 @@ AGGREGATORS: list[tuple[str, str, Callable[[int], Any]]] = [
     ('dualproj', 'dualproj()', lambda t: mtl.dualproj()),
     ('gradvac', 'gradvac(num_tasks=T)', lambda t: mtl.gradvac(num_tasks=t)),
     ('fairgrad', 'fairgrad()', lambda t: mtl.fairgrad()),
-    ('config', 'config()', lambda t: mtl.config()),
+    ('conflict_free', 'conflict_free()', lambda t: mtl.conflict_free()),
     ('rlw', 'random_weighting()', lambda t: mtl.random_weighting()),
     ('graddrop', 'graddrop()', lambda t: mtl.graddrop()),
 ]
@@ -140,7 +140,7 @@ WEIGHTINGS: dict[str, Callable[[Any, Any], Any]] = {
     'dualproj': lambda k, o: mtl.weightings.dualproj(k),
     'gradvac': lambda k, o: mtl.weightings.gradvac(k, jnp.zeros_like(k), o)[0],
     'fairgrad': lambda k, o: mtl.weightings.fairgrad(k),
-    'config': lambda k, o: mtl.weightings.config(k),
+    'conflict_free': lambda k, o: mtl.weightings.conflict_free(k),
 }
 AGG_LABELS = [label for label, _, _ in AGGREGATORS]
 

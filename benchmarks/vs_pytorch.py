@@ -67,7 +67,7 @@ SHARED_METHODS = {
     'cagrad': ('CAGrad', {'c': 0.4}),
     'pcgrad': ('PCGrad', {}),
     'graddrop': ('GradDrop', {}),
-    'config': ('ConFIG', {}),
+    'conflict_free': ('ConFIG', {}),
     'random_weighting': ('Random', {}),
     'fairgrad': ('FairGrad', {'alpha': 1.0}),
     'gradvac': ('GradVac', {'beta': 0.5}),

@@ -21,25 +21,6 @@ from mtl_optax import diagnostics
 from mtl_optax import metrics
 from mtl_optax import sharding
 from mtl_optax import weightings
-from mtl_optax.aggregators import AggregatorState
-from mtl_optax.aggregators import aggregator_state
-from mtl_optax.aggregators import aligned_mtl
-from mtl_optax.aggregators import gramian_direction
-from mtl_optax.aggregators import linear_scalarization
-from mtl_optax.aggregators import mamg
-from mtl_optax.aggregators import mgda
-from mtl_optax.aggregators import pcgrad
-from mtl_optax.baselines import cagrad
-from mtl_optax.baselines import config
-from mtl_optax.baselines import dualproj
-from mtl_optax.baselines import ema_weighting
-from mtl_optax.baselines import fairgrad
-from mtl_optax.baselines import graddrop
-from mtl_optax.baselines import gradvac
-from mtl_optax.baselines import imtl_g
-from mtl_optax.baselines import nash_mtl
-from mtl_optax.baselines import random_weighting
-from mtl_optax.baselines import upgrad
 from mtl_optax.diagnostics import Diagnostics
 from mtl_optax.gramians import combine
 from mtl_optax.gramians import gramian
@@ -59,11 +40,31 @@ from mtl_optax.jacobian import value_and_jacobian
 from mtl_optax.linesearch import backtracking_linesearch
 from mtl_optax.linesearch import fast_backtracking_linesearch
 from mtl_optax.linesearch import linesearch_state
-from mtl_optax.loss_weighting import dwa
-from mtl_optax.loss_weighting import famo
-from mtl_optax.loss_weighting import geometric_mean
-from mtl_optax.loss_weighting import gradnorm
-from mtl_optax.loss_weighting import uncertainty_weighting
+from mtl_optax.methods._core import aggregator_state
+from mtl_optax.methods._core import AggregatorState
+from mtl_optax.methods._core import gramian_direction
+from mtl_optax.methods.aligned_mtl import aligned_mtl
+from mtl_optax.methods.bargaining import fairgrad
+from mtl_optax.methods.bargaining import nash_mtl
+from mtl_optax.methods.cagrad import cagrad
+from mtl_optax.methods.conflict_free import config
+from mtl_optax.methods.conflict_free import conflict_free
+from mtl_optax.methods.dual_cone import dualproj
+from mtl_optax.methods.dual_cone import upgrad
+from mtl_optax.methods.dwa import dwa
+from mtl_optax.methods.ema_weighting import ema_weighting
+from mtl_optax.methods.famo import famo
+from mtl_optax.methods.geometric_mean import geometric_mean
+from mtl_optax.methods.graddrop import graddrop
+from mtl_optax.methods.gradnorm import gradnorm
+from mtl_optax.methods.gradvac import gradvac
+from mtl_optax.methods.imtl import imtl_g
+from mtl_optax.methods.linear_scalarization import linear_scalarization
+from mtl_optax.methods.mamg import mamg
+from mtl_optax.methods.mgda import mgda
+from mtl_optax.methods.pcgrad import pcgrad
+from mtl_optax.methods.random_weighting import random_weighting
+from mtl_optax.methods.uncertainty_weighting import uncertainty_weighting
 from mtl_optax.registry import available
 from mtl_optax.registry import get_aggregator
 
@@ -77,7 +78,7 @@ __all__ = [
     'backtracking_linesearch',
     'cagrad',
     'combine',
-    'config',
+    'conflict_free',
     'diagnostics',
     'Diagnostics',
     'dualproj',
@@ -125,10 +126,14 @@ __all__ = [
 # access (PEP 562) so that ``import mtl_optax`` needs only the core. They are
 # not in ``__all__``: ``from mtl_optax import *`` must not import them.
 _LAZY_SUBMODULES = ('data', 'models', 'training')
+# The methods' former modules, now re-exports of ``mtl_optax.methods``: still
+# reachable as attributes (``mtl_optax.aggregators.state_dtype``), imported on
+# first access. ``config`` above is ConFIG's deprecated former name.
+_FORMER_MODULES = ('aggregators', 'baselines', 'loss_weighting')
 
 
 def __getattr__(name):
-  if name in _LAZY_SUBMODULES:
+  if name in _LAZY_SUBMODULES or name in _FORMER_MODULES:
     import importlib  # pylint: disable=g-import-not-at-top
     return importlib.import_module(f'{__name__}.{name}')
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

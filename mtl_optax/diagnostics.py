@@ -26,7 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from mtl_optax.methods.aligned_mtl import kept_spectrum
+from mtl_optax.gramians import kept_spectrum
 
 
 class Diagnostics(NamedTuple):

@@ -585,6 +585,44 @@ def combine(coefficients: jax.Array, stacked: PyTree) -> PyTree:
   return weighted_sum(coefficients, stacked)
 
 
+# Helpers of the weighting functions, below the methods so that the methods,
+# the diagnostics and the line searches can share them without an import
+# circle.
+
+
+def preference_vector(preferences: jax.Array | None, num_tasks: int,
+                      dtype=jnp.float32) -> jax.Array:
+  """The ``[T]`` task preferences: all ones (the sum convention) by default.
+
+  Args:
+    preferences: ``None`` or anything broadcastable to ``[T]``.
+    num_tasks: ``T``.
+    dtype: dtype of the result.
+
+  Returns:
+    A ``[T]`` array.
+  """
+  if preferences is None:
+    return jnp.ones((num_tasks,), dtype)
+  return jnp.broadcast_to(jnp.asarray(preferences, dtype), (num_tasks,))
+
+
+def kept_spectrum(squared: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Which eigenvalues of a Gramian count: ``λ > λ_max · T · eps``.
+
+  Args:
+    squared: ``[T]`` eigenvalues of ``K`` (squared singular values of ``G``).
+
+  Returns:
+    ``(keep, rank)``: a ``[T]`` bool mask and the number of kept values.
+  """
+  t = squared.shape[0]
+  eps = jnp.finfo(squared.dtype).eps
+  tol = jnp.max(squared) * t * eps
+  keep = squared > jnp.maximum(tol, 0)
+  return keep, jnp.sum(keep)
+
+
 def unstack(stacked: PyTree) -> Sequence[PyTree]:
   """The ``T`` per-task gradient pytrees (for tests and small problems)."""
   t = num_tasks(stacked)

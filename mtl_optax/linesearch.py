@@ -69,7 +69,7 @@ from mtl_optax import _checks
 from mtl_optax.methods._core import leaves_finite
 from mtl_optax.jacobian import check_task_losses
 from mtl_optax.jacobian import vjp_with_aux
-from mtl_optax.methods.linear_scalarization import preference_vector
+from mtl_optax.gramians import preference_vector
 
 PyTree = Any
 

@@ -1,4 +1,5 @@
-"""Choose aggregators by name (for configs and benchmarks).
+"""Choose aggregators by name (for configs and benchmarks): the list of the
+methods, each a factory in its own file of ``mtl_optax/methods/``.
 
     >>> import mtl_optax as mtl
     >>> tx = mtl.get_aggregator('mgda', normalization='l2')
@@ -11,39 +12,61 @@ from __future__ import annotations
 import difflib
 import inspect
 from typing import Any, Callable
+import warnings
 
 import jax
 from optax.experimental import aggregating
 
 from mtl_optax import _checks
-from mtl_optax import aggregators
-from mtl_optax import baselines
-from mtl_optax import loss_weighting
-from mtl_optax import weightings
+from mtl_optax.methods import aligned_mtl
+from mtl_optax.methods import bargaining
+from mtl_optax.methods import cagrad
+from mtl_optax.methods import conflict_free
+from mtl_optax.methods import dual_cone
+from mtl_optax.methods import dwa
+from mtl_optax.methods import ema_weighting
+from mtl_optax.methods import famo
+from mtl_optax.methods import geometric_mean
+from mtl_optax.methods import graddrop
+from mtl_optax.methods import gradnorm
+from mtl_optax.methods import gradvac
+from mtl_optax.methods import imtl
+from mtl_optax.methods import linear_scalarization
+from mtl_optax.methods import mamg
+from mtl_optax.methods import mgda
+from mtl_optax.methods import pcgrad
+from mtl_optax.methods import random_weighting
+from mtl_optax.methods import uncertainty_weighting
 
+# Every method: its name and its factory (the module is its file in
+# mtl_optax/methods/).
 _FACTORIES: dict[str, Callable[..., aggregating.Aggregator]] = {
-    'linear_scalarization': aggregators.linear_scalarization,
-    'aligned_mtl': aggregators.aligned_mtl,
-    'mgda': aggregators.mgda,
-    'pcgrad': aggregators.pcgrad,
-    'mamg': aggregators.mamg,
-    'imtl_g': baselines.imtl_g,
-    'cagrad': baselines.cagrad,
-    'nash_mtl': baselines.nash_mtl,
-    'upgrad': baselines.upgrad,
-    'dualproj': baselines.dualproj,
-    'gradvac': baselines.gradvac,
-    'fairgrad': baselines.fairgrad,
-    'config': baselines.config,
-    'random_weighting': baselines.random_weighting,
-    'ema_weighting': baselines.ema_weighting,
-    'graddrop': baselines.graddrop,
-    'uncertainty_weighting': loss_weighting.uncertainty_weighting,
-    'dwa': loss_weighting.dwa,
-    'gradnorm': loss_weighting.gradnorm,
-    'famo': loss_weighting.famo,
-    'geometric_mean': loss_weighting.geometric_mean,
+    'linear_scalarization': linear_scalarization.linear_scalarization,
+    'aligned_mtl': aligned_mtl.aligned_mtl,
+    'mgda': mgda.mgda,
+    'pcgrad': pcgrad.pcgrad,
+    'mamg': mamg.mamg,
+    'imtl_g': imtl.imtl_g,
+    'cagrad': cagrad.cagrad,
+    'nash_mtl': bargaining.nash_mtl,
+    'upgrad': dual_cone.upgrad,
+    'dualproj': dual_cone.dualproj,
+    'gradvac': gradvac.gradvac,
+    'fairgrad': bargaining.fairgrad,
+    'conflict_free': conflict_free.conflict_free,
+    'random_weighting': random_weighting.random_weighting,
+    'ema_weighting': ema_weighting.ema_weighting,
+    'graddrop': graddrop.graddrop,
+    'uncertainty_weighting': uncertainty_weighting.uncertainty_weighting,
+    'dwa': dwa.dwa,
+    'gradnorm': gradnorm.gradnorm,
+    'famo': famo.famo,
+    'geometric_mean': geometric_mean.geometric_mean,
 }
+
+# Former names, still accepted (with a DeprecationWarning) but not listed by
+# `available()`.
+_RENAMED = {'config': 'conflict_free'}
 
 # Methods whose update needs `losses=`, and those whose factory needs
 # `num_tasks=` (their state holds one value per task).
@@ -73,14 +96,20 @@ def available() -> tuple[str, ...]:
   return tuple(sorted(_FACTORIES))
 
 
-def _factory(name: Any, caller: str) -> Callable[..., aggregating.Aggregator]:
-  """The factory registered as ``name``, or a clear error."""
+def _canonical(name: Any, caller: str) -> str:
+  """``name`` as registered (a former name warns and gives the new one), or
+  a clear error."""
   if not isinstance(name, str):
     raise TypeError(
         f'{caller}: name must be a string, one of {", ".join(available())}; '
         f'got {name!r} ({type(name).__name__}).')
+  if name in _RENAMED:
+    warnings.warn(
+        f'{caller}: the name {name!r} is deprecated; the method is now '
+        f'{_RENAMED[name]!r}.', DeprecationWarning, stacklevel=3)
+    return _RENAMED[name]
   if name in _FACTORIES:
-    return _FACTORIES[name]
+    return name
   close = difflib.get_close_matches(name, available(), n=3)
   hint = f' Did you mean {" or ".join(map(repr, close))}?' if close else ''
   raise UnknownAggregatorError(
@@ -95,7 +124,8 @@ def takes_keyword(name: str, keyword: str) -> bool:
     >>> takes_keyword('pcgrad', 'seed'), takes_keyword('mgda', 'seed')
     (True, False)
   """
-  parameters = inspect.signature(_factory(name, 'takes_keyword')).parameters
+  factory = _FACTORIES[_canonical(name, 'takes_keyword')]
+  parameters = inspect.signature(factory).parameters
   return keyword in parameters
 
 
@@ -134,7 +164,8 @@ def get_aggregator(name: str, **kwargs: Any) -> aggregating.Aggregator:
       factory's.
     ValueError: for a keyword's invalid value (the factory's checks).
   """
-  factory = _factory(name, 'get_aggregator')
+  name = _canonical(name, 'get_aggregator')
+  factory = _FACTORIES[name]
   _check_keywords(name, factory, kwargs, 'get_aggregator')
   return factory(**kwargs)
 
@@ -173,7 +204,7 @@ def for_tasks(name: str, *, num_tasks: int,
     >>> tx = mtl.registry.for_tasks('aligned_mtl', num_tasks=2,
     ...                             preferences=[0.2, 0.8])
   """
-  _factory(name, 'for_tasks')
+  name = _canonical(name, 'for_tasks')
   _checks.check_num_tasks(num_tasks, method=f'for_tasks({name!r})',
                           required=True)
   kwargs = dict(kwargs, num_tasks=num_tasks)
@@ -185,5 +216,5 @@ def for_tasks(name: str, *, num_tasks: int,
     key = 'weights' if name == 'linear_scalarization' else 'preferences'
     kwargs[key] = preferences
   if name == 'ema_weighting':
-    kwargs.setdefault('weighting', weightings.mgda)
+    kwargs.setdefault('weighting', mgda.mgda_weights)
   return get_aggregator(name, **kwargs)

@@ -153,7 +153,7 @@ METHODS: dict[str, Method] = {m.key: m for m in (
     _aligned('median'),
     _aligned('rmse'),
     _aligned('min', 'svd'),
-    Method('config', lambda t: mtl.config(num_tasks=t),
+    Method('conflict_free', lambda t: mtl.conflict_free(num_tasks=t),
            lambda j, eps: rs.config(j, eps), truncates=True,
            non_conflicting='full_rank', row_linear=True),
     Method('nash_mtl', lambda t: mtl.nash_mtl(max_norm=0.0, num_tasks=t),

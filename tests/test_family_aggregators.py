@@ -27,10 +27,11 @@ from mtl_optax import registry
 
 NAMES = mtl.available()
 EXPECTED_NAMES = (
-    'aligned_mtl', 'cagrad', 'config', 'dualproj', 'dwa', 'ema_weighting',
-    'fairgrad', 'famo', 'geometric_mean', 'graddrop', 'gradnorm', 'gradvac',
-    'imtl_g', 'linear_scalarization', 'mamg', 'mgda', 'nash_mtl', 'pcgrad',
-    'random_weighting', 'uncertainty_weighting', 'upgrad')
+    'aligned_mtl', 'cagrad', 'conflict_free', 'dualproj', 'dwa',
+    'ema_weighting', 'fairgrad', 'famo', 'geometric_mean', 'graddrop',
+    'gradnorm', 'gradvac', 'imtl_g', 'linear_scalarization', 'mamg', 'mgda',
+    'nash_mtl', 'pcgrad', 'random_weighting', 'uncertainty_weighting',
+    'upgrad')
 LOSS_BASED = ('dwa', 'famo', 'geometric_mean', 'gradnorm',
               'uncertainty_weighting')
 # Task-specific leaves get Σ c_t g_t (the loss weights / random weights);
@@ -348,8 +349,8 @@ def test_stateful_methods_deterministic(name):
 
 
 PERMUTATION_EQUIVARIANT = ('imtl_g', 'cagrad', 'nash_mtl', 'upgrad',
-                           'dualproj', 'config', 'fairgrad', 'geometric_mean',
-                           'dwa')
+                           'dualproj', 'conflict_free', 'fairgrad',
+                           'geometric_mean', 'dwa')
 
 
 @pytest.mark.parametrize('name', PERMUTATION_EQUIVARIANT)

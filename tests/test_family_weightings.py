@@ -38,7 +38,7 @@ upgrad = jax.jit(W.upgrad, static_argnames='max_iters')
 dualproj = jax.jit(W.dualproj, static_argnames='max_iters')
 gradvac = jax.jit(W.gradvac)
 pcgrad = jax.jit(W.pcgrad)
-config = jax.jit(W.config)
+config = jax.jit(W.conflict_free)
 
 
 # ----------------------------------------------------------------------------
@@ -757,7 +757,7 @@ def test_config_cancelling_unit_gradients_give_zeros(kind, x64):
 def test_config_cancelling_through_the_aggregator():
   g = cancelling_g('parallel', None)
   grads = {'w': jnp.asarray(g, jnp.float32)}
-  agg = mtl.config(num_tasks=4)
+  agg = mtl.conflict_free(num_tasks=4)
   d, state = agg.update(grads, agg.init(None))
   np.testing.assert_array_equal(np.asarray(d['w']), 0)
   np.testing.assert_array_equal(np.asarray(state.weights), 0)

@@ -190,7 +190,8 @@ CASES = {
               'False', 'got 1')),
         ]),
     'imtl_g': (mtl.imtl_g, _prefixed('imtl_g', NUM_TASKS_CASES)),
-    'config': (mtl.config, _prefixed('config', NUM_TASKS_CASES)),
+    'conflict_free': (mtl.conflict_free,
+                      _prefixed('conflict_free', NUM_TASKS_CASES)),
     'cagrad': (
         mtl.cagrad,
         _prefixed('cagrad', NUM_TASKS_CASES) + [

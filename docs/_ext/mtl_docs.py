@@ -1,7 +1,9 @@
 """Sphinx directives of the mtl_optax docs.
 
 ``.. mtl-methods::`` (reStructuredText pages) writes one section per method
-of ``mtl_optax.available()``: the factory's docstring (``mtl_optax.<name>``)
+of ``mtl_optax.available()``: the file that defines it
+(``mtl_optax/methods/<file>.py``) with its module docstring (the paper's
+equations; once per file), the factory's docstring (``mtl_optax.<name>``)
 and the docstrings of its weighting functions (``mtl_optax.weightings``),
 through autodoc. A registered method missing from the tables below, or a
 table entry that is no longer registered, is a build warning (an error with
@@ -45,7 +47,7 @@ GROUPS = (
      'at the parameter level and, through ``representation_grads``, at the '
      'representation level.',
      ('imtl_g', 'cagrad', 'nash_mtl', 'upgrad', 'dualproj', 'gradvac',
-      'fairgrad', 'config')),
+      'fairgrad', 'conflict_free')),
     ('Random and smoothed weights', '',
      ('random_weighting', 'ema_weighting')),
     ('Per coordinate', 'Not Gramian-based: it needs the stacked gradients '
@@ -81,7 +83,7 @@ WEIGHTINGS = {
     'dualproj': ('mtl_optax.weightings.dualproj',),
     'gradvac': ('mtl_optax.weightings.gradvac',),
     'fairgrad': ('mtl_optax.weightings.fairgrad',),
-    'config': ('mtl_optax.weightings.config',),
+    'conflict_free': ('mtl_optax.weightings.conflict_free',),
     'random_weighting': ('mtl_optax.weightings.loss_based.random_weights',),
     'ema_weighting': 'It smooths the coefficients of any weighting function '
                      '``K -> c`` of ``mtl_optax.weightings`` (its '
@@ -107,6 +109,13 @@ def method_title(name: str) -> str:
   head = first.split(':', 1)[0].strip().rstrip('.')
   head = re.sub(r'``', '', head)
   return f'``{name}``: {head}' if head else f'``{name}``'
+
+
+def method_file(name: str) -> str:
+  """``name``'s file, ``mtl_optax/methods/<file>.py``."""
+  import mtl_optax
+  module = getattr(mtl_optax, name).__module__
+  return module.replace('.', '/') + '.py'
 
 
 def _heading(title: str, char: str) -> list[str]:
@@ -136,6 +145,7 @@ class MethodsDirective(SphinxDirective):
             'mtl_optax.available()', name, location=location)
 
     lines: list[str] = []
+    shown: set[str] = set()   # the modules whose docstring is on the page
     for title, intro, methods in GROUPS:
       lines += _heading(title, '-')
       if intro:
@@ -144,6 +154,13 @@ class MethodsDirective(SphinxDirective):
         if name not in registered:
           continue
         lines += _heading(method_title(name), '~')
+        module = getattr(mtl_optax, name).__module__
+        if module in shown:
+          lines += [f'Defined in ``{method_file(name)}`` (see above).', '']
+        else:
+          shown.add(module)
+          lines += [f'Defined in ``{method_file(name)}``:', '',
+                    f'.. automodule:: {module}', '   :no-index:', '']
         lines += [f'.. autofunction:: mtl_optax.{name}', '']
         weighting = WEIGHTINGS.get(name, ())
         if isinstance(weighting, str):

@@ -28,6 +28,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+from optax.experimental import aggregating
+
+from mtl_optax import _checks
+from mtl_optax import gramians as gram_lib
+from mtl_optax.methods._core import _build
+from mtl_optax.methods._core import _require_num_tasks
+from mtl_optax.methods._core import _stateless
+from mtl_optax.methods._core import gramian_direction
+from mtl_optax.methods._core import state_dtype
 
 
 def _potential_terms(w, gram, alpha):
@@ -128,7 +137,7 @@ def solve_power_balance(
   return w, iters
 
 
-def nash_mtl(
+def nash_mtl_weights(
     gram: jax.Array,
     init: jax.Array | None = None,
     max_iters: int = 20,
@@ -150,8 +159,8 @@ def nash_mtl(
   return jnp.where(norm > 0, alpha, jnp.zeros_like(alpha))
 
 
-def fairgrad(gram: jax.Array, alpha: float = 1.0, max_iters: int = 50
-             ) -> jax.Array:
+def fairgrad_weights(gram: jax.Array, alpha: float = 1.0,
+                     max_iters: int = 50) -> jax.Array:
   """FairGrad weights: ``K w = w^(-1/α)`` on the Gramian as given.
 
   Args:
@@ -164,3 +173,100 @@ def fairgrad(gram: jax.Array, alpha: float = 1.0, max_iters: int = 50
   """
   w, _ = solve_power_balance(gram, alpha, None, max_iters)
   return jnp.where(jnp.any(gram != 0), w, jnp.zeros_like(w))
+
+
+def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
+             optim_niter: int = 20, *, num_tasks: int | None = None,
+             shared: gram_lib.SharedMask = None) -> aggregating.Aggregator:
+  """Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution
+  ``K̃ α = 1/α`` on ``K̃ = K/‖K‖_F``, warm-started from the previous α.
+
+  Solved by damped Newton on ``½αᵀK̃α - Σ log α`` (its stationarity condition
+  is exactly the bargaining condition), so the weights cannot collapse to ~0
+  however large the losses. The weights are recomputed every
+  ``update_weights_every`` steps and reused in between (state). As in the
+  authors' code, the shared update's global norm is clipped to ``max_norm``
+  (0 disables it).
+
+  Args:
+    max_norm: clip of the shared update's L2 norm (0: none).
+    update_weights_every: recompute α every this many steps.
+    optim_niter: Newton iterations at most.
+    num_tasks: ``T`` (required: α lives in the state).
+    shared: which leaves are shared.
+
+  Returns:
+    An ``Aggregator``. Its ``inner`` state is ``(alpha, step)``.
+
+  Raises:
+    TypeError: without ``num_tasks``, or for arguments of the wrong type.
+    ValueError: for a negative or non-finite ``max_norm``,
+      ``update_weights_every < 1``, ``optim_niter < 1`` or ``num_tasks < 1``.
+  """
+  t = _require_num_tasks('nash_mtl', num_tasks)
+  _checks.check_non_negative(
+      'max_norm', max_norm, method='nash_mtl',
+      hint='the clip of the shared update\'s L2 norm; the authors use 1.0, '
+      '0 disables the clip')
+  _checks.check_int_at_least(
+      'update_weights_every', update_weights_every, 1, method='nash_mtl',
+      hint='recompute the weights every this many steps; 1 recomputes them '
+      'every step')
+  _checks.check_int_at_least(
+      'optim_niter', optim_niter, 1, method='nash_mtl',
+      hint='Newton iterations at most, e.g. 20')
+
+  def coefficients(k, scale, inner, extra):
+    alpha, step = inner
+    fresh = jax.lax.cond(
+        step % update_weights_every == 0,
+        lambda: nash_mtl_weights(k, alpha, optim_niter).astype(k.dtype),
+        lambda: alpha.astype(k.dtype))
+    c = fresh
+    if max_norm > 0:
+      norm = scale * jnp.sqrt(jnp.maximum(c @ k @ c, 0))
+      c = c * jnp.where(norm > max_norm, max_norm / jnp.where(norm > 0, norm, 1),
+                        1)
+    # A non-finite α makes c non-finite: _build then skips the step and keeps
+    # the previous α as the warm start.
+    return c, (fresh.astype(alpha.dtype), step + 1)
+
+  direction_fn = gramian_direction(coefficients, shared=shared)
+  return _build(direction_fn, num_tasks=t, preferences=None,
+                init_inner=lambda: (jnp.ones((t,), state_dtype()),
+                                    jnp.zeros((), jnp.int32)))
+
+
+def fairgrad(alpha: float = 1.0, *, shared: gram_lib.SharedMask = None,
+             num_tasks: int | None = None, max_iters: int = 50
+             ) -> aggregating.Aggregator:
+  """FairGrad (Ban & Ji, ICML 2024): α-fair weights, ``K w = w^(-1/α)``.
+
+  Solved by damped Newton on a strictly convex potential (see
+  ``mtl_optax.weightings.solve_power_balance``). The update ``Σ w_t g_t`` scales as
+  ``σ^((1-α)/(1+α))`` with the gradients' scale σ (handled exactly for any
+  magnitude).
+
+  Args:
+    alpha: the fairness exponent (> 0).
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the weights in the state.
+    max_iters: Newton iterations.
+
+  Returns:
+    An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: for a non-positive or non-finite ``alpha``,
+      ``max_iters < 1`` or ``num_tasks < 1``.
+  """
+  _checks.check_num_tasks(num_tasks, method='fairgrad')
+  _checks.check_positive(
+      'alpha', alpha, method='fairgrad',
+      hint='the fairness exponent: 1 is proportional fairness (the paper\'s '
+      'default), larger values approach max-min fairness')
+  _checks.check_int_at_least('max_iters', max_iters, 1, method='fairgrad',
+                             hint='Newton iterations, e.g. 50')
+  return _stateless(lambda k: fairgrad_weights(k, alpha, max_iters),
+                    shared, num_tasks, degree=(1 - alpha) / (1 + alpha))

@@ -42,8 +42,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from optax.experimental import aggregating
 
+from mtl_optax import _checks
 from mtl_optax import active_set
+from mtl_optax import gramians as gram_lib
+from mtl_optax.methods._core import _stateless
 
 RESCALES = (0, 1, 2)
 
@@ -216,8 +220,8 @@ def solve_cagrad_dual(gram: jax.Array, c: float = 0.4,
                    jnp.full((t,), 1 / t, gram.dtype))
 
 
-def cagrad(gram: jax.Array, c: float = 0.4, rescale: int = 1,
-           max_iters: int | None = None) -> jax.Array:
+def cagrad_weights(gram: jax.Array, c: float = 0.4, rescale: int = 1,
+                   max_iters: int | None = None) -> jax.Array:
   """CAGrad coefficients: ``d = Σ_t coef_t g_t``.
 
   Args:
@@ -246,3 +250,57 @@ def cagrad(gram: jax.Array, c: float = 0.4, rescale: int = 1,
   elif rescale == 2:
     coef = coef / (1 + c)
   return coef
+
+
+def cagrad(c: float = 0.4, rescale: int = 1, *,
+           shared: gram_lib.SharedMask = None,
+           num_tasks: int | None = None,
+           max_iters: int | None = None) -> aggregating.Aggregator:
+  """CAGrad (Liu et al., NeurIPS 2021): conflict-averse gradient descent.
+
+  The update maximises the worst task improvement ``min_t <g_t, d>`` over the
+  ball ``‖d − g0‖ ≤ c‖g0‖`` around the mean gradient ``g0``; where the dual
+  is non-degenerate that is the paper's ``d = g0 + (c‖g0‖/‖G w‖) G w``.
+  Solved exactly by a homotopy on the Gramian
+  (``mtl_optax.weightings.cagrad``); on Pareto-stationary inputs whose ball
+  reaches the dual cone (always for ``c ≥ 1``) the optimal point closest to
+  ``g0`` is returned, which conflicts with no task. ``rescale`` 0 | 1
+  (``/(1+c²)``, default) | 2 (``/(1+c)``). Note ``g0`` is a *mean*, as in
+  the paper.
+
+  Example:
+    >>> import jax.numpy as jnp, mtl_optax as mtl
+    >>> grads = {'w': jnp.array([[1., 0.], [-2., 0.]])}   # Pareto-stationary
+    >>> tx = mtl.cagrad(c=2.0, rescale=0)
+    >>> d, _ = tx.update(grads, tx.init(None))
+    >>> (grads['w'] @ d['w']).tolist()                   # conflicts with none
+    [0.0, 0.0]
+
+  Args:
+    c: the radius factor (0.4 default; the paper uses 0.4-0.5).
+    rescale: 0, 1 or 2.
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the weights in the state.
+    max_iters: pivot limit of the exact solver (default ``5T + 20``).
+
+  Returns:
+    An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: for a negative or non-finite ``c``, ``rescale`` not 0, 1 or
+      2, ``max_iters < 1`` or ``num_tasks < 1``.
+  """
+  _checks.check_num_tasks(num_tasks, method='cagrad')
+  _checks.check_non_negative(
+      'c', c, method='cagrad',
+      hint='the radius factor of the ball around the mean gradient; the '
+      'paper uses 0.4-0.5, 0 gives the mean gradient')
+  _checks.check_one_of(
+      'rescale', rescale, (0, 1, 2), method='cagrad',
+      hint='0: no rescaling, 1: divide by 1+c² (default), 2: by 1+c')
+  _checks.check_int_at_least(
+      'max_iters', max_iters, 1, method='cagrad', allow_none=True,
+      hint='the pivot limit of the exact solver; None (default) is 5T + 20')
+  return _stateless(lambda k: cagrad_weights(k, c, rescale, max_iters),
+                    shared, num_tasks)

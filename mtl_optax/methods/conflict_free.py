@@ -1,4 +1,4 @@
-"""ConFIG (Liu et al., ICLR 2025): conflict-free updates.
+"""ConFIG, Conflict-Free Inverse Gradients (Liu et al., ICLR 2025).
 
 The direction has equal cosine with every task gradient: with unit gradients
 ``u_t = g_t/‖g_t‖`` as the rows of ``U``, ``ê ∝ U⁺ 1`` (pseudo-inverse), and
@@ -31,12 +31,30 @@ truncated (linearly independent unit gradients, not near-dependent to
 rounding precision) ``(I - P) 1 = 0`` and the guard never applies; it is
 relative (``K_u`` does not depend on the gradients' scale), so
 ``d(σG) = σ d(G)`` still holds.
+
+Names: the factory is ``mtl_optax.conflict_free`` (registered as
+``'conflict_free'``) and the weighting ``mtl_optax.weightings.conflict_free``.
+Their former name ``config`` (``mtl_optax.config``,
+``mtl_optax.weightings.config``, ``get_aggregator('config')``) still works
+but is deprecated: it read as a configuration next to ``training.Config``
+and the training configs.
+
+References:
+  Liu, Chu & Thuerey, "ConFIG: Towards Conflict-free Training of Physics
+  Informed Neural Networks", ICLR 2025.
 """
+
+import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
+from optax.experimental import aggregating
 
-from mtl_optax.methods.aligned_mtl import kept_spectrum
+from mtl_optax import _checks
+from mtl_optax import gramians as gram_lib
+from mtl_optax.gramians import kept_spectrum
+from mtl_optax.methods._core import _stateless
 
 # Multiplies √T times the first-order rounding bound on ‖e‖ (see the module
 # docstring). Measured on ~10⁴ Gramians of exactly cancelling unit gradients
@@ -47,7 +65,7 @@ from mtl_optax.methods.aligned_mtl import kept_spectrum
 _NOISE_FACTOR = 5.0
 
 
-def config(gram: jax.Array) -> jax.Array:
+def conflict_free_weights(gram: jax.Array) -> jax.Array:
   """ConFIG coefficients.
 
   Args:
@@ -62,7 +80,7 @@ def config(gram: jax.Array) -> jax.Array:
     >>> import jax.numpy as jnp
     >>> from mtl_optax import weightings
     >>> g = jnp.array([[1., 0.], [0., 1.]])
-    >>> weightings.config(g @ g.T).tolist()
+    >>> weightings.conflict_free(g @ g.T).tolist()
     [1.0, 1.0]
   """
   t = gram.shape[0]
@@ -93,3 +111,53 @@ def config(gram: jax.Array) -> jax.Array:
            / jnp.where(jnp.isfinite(smallest), smallest, 1) ** 1.5)
   ok = (e_norm2 > 0) & (e_norm2 > noise * noise)
   return jnp.where(ok, length / jnp.where(ok, e_norm2, 1), 0) * b
+
+
+def conflict_free(*, shared: gram_lib.SharedMask = None,
+                  num_tasks: int | None = None) -> aggregating.Aggregator:
+  """ConFIG (Liu et al., ICLR 2025): the direction with equal cosine to every
+  task gradient (``U⁺ 1`` of the unit gradients), as long as the sum of the
+  task gradients' projections on it.
+
+  When the unit gradients cancel (``Σ_t u_t = 0``, e.g. gradients all
+  parallel or antiparallel to one vector, as many unit gradients each way),
+  ``U⁺ 1 = 0``: no direction improves every task and the shared update is
+  zero (the coefficients, recorded in ``weights``, are zeros; the step is not
+  counted as skipped). Rounding noise in that direction is recognised as such
+  (see ``mtl_optax.weightings.conflict_free``), so it never turns into a
+  gradient-sized update.
+
+  Args:
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the weights in the state.
+
+  Returns:
+    An ``Aggregator``.
+
+  Raises:
+    TypeError, ValueError: if ``num_tasks`` is not None or an integer >= 1.
+  """
+  _checks.check_num_tasks(num_tasks, method='conflict_free')
+  return _stateless(conflict_free_weights, shared, num_tasks)
+
+
+def _deprecated_alias(function, old: str, new: str):
+  """``function`` under its former name ``old``: warns, then calls it."""
+
+  @functools.wraps(function)
+  def alias(*args, **kwargs):
+    warnings.warn(
+        f'{old} is deprecated: use {new} (ConFIG), the same function under '
+        'its new name.', DeprecationWarning, stacklevel=2)
+    return function(*args, **kwargs)
+
+  alias.__name__ = alias.__qualname__ = old.rpartition('.')[2]
+  alias.__doc__ = f'Deprecated alias of ``{new}``, ConFIG\'s former name.'
+  return alias
+
+
+config = _deprecated_alias(conflict_free, 'mtl_optax.config',
+                           'mtl_optax.conflict_free')
+config_weights = _deprecated_alias(conflict_free_weights,
+                                   'mtl_optax.weightings.config',
+                                   'mtl_optax.weightings.conflict_free')

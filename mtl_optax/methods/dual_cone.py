@@ -6,7 +6,7 @@ The projection of ``x = Σ_t u_t g_t`` onto ``C`` is ``Σ_t (u_t + v_t) g_t``
 with ``v = argmin_{v ≥ 0} ½ vᵀ K v + vᵀ K u`` (the dual of
 ``min ‖d - x‖²  s.t.  G d ≥ 0``), a non-negative quadratic program on the
 Gramian solved exactly by the active-set method of
-``mtl_optax.weightings.active_set`` (Lawson–Hanson), for all right-hand
+``mtl_optax.active_set`` (Lawson–Hanson), for all right-hand
 sides at once, on the Gramian of the unit gradients (the same cone, a unit
 diagonal: well conditioned whatever the gradients' norms).
 
@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from optax.experimental import aggregating
 
+from mtl_optax import _checks
 from mtl_optax import active_set
-from mtl_optax.methods.linear_scalarization import preference_vector
+from mtl_optax import gramians as gram_lib
+from mtl_optax.gramians import preference_vector
+from mtl_optax.methods._core import _stateless
 
 
 def project_to_dual_cone(gram: jax.Array, u: jax.Array,
@@ -71,8 +75,9 @@ def project_to_dual_cone(gram: jax.Array, u: jax.Array,
   return projected / (n if u.ndim == 1 else n[:, None])
 
 
-def upgrad(gram: jax.Array, preferences: jax.Array | None = None,
-           max_iters: int | None = None) -> jax.Array:
+def upgrad_weights(gram: jax.Array,
+                   preferences: jax.Array | None = None,
+                   max_iters: int | None = None) -> jax.Array:
   """UPGrad coefficients ``Σ_i w_i π_C(g_i)``.
 
   Args:
@@ -89,8 +94,9 @@ def upgrad(gram: jax.Array, preferences: jax.Array | None = None,
   return projected @ preference_vector(preferences, t, gram.dtype)
 
 
-def dualproj(gram: jax.Array, preferences: jax.Array | None = None,
-             max_iters: int | None = None) -> jax.Array:
+def dualproj_weights(gram: jax.Array,
+                     preferences: jax.Array | None = None,
+                     max_iters: int | None = None) -> jax.Array:
   """DualProj coefficients ``π_C(Σ_t w_t g_t)``.
 
   Args:
@@ -104,3 +110,72 @@ def dualproj(gram: jax.Array, preferences: jax.Array | None = None,
   t = gram.shape[0]
   return project_to_dual_cone(
       gram, preference_vector(preferences, t, gram.dtype), max_iters)
+
+
+def _dual_cone_aggregator(method, weighting, preferences, shared, num_tasks,
+                          max_iters):
+  """UPGrad or DualProj (``weighting(K, preferences, max_iters)``), after
+  checking the arguments they share."""
+  _checks.check_num_tasks(num_tasks, method=method)
+  _checks.check_preferences('preferences', preferences, method=method,
+                            num_tasks=num_tasks)
+  _checks.check_int_at_least(
+      'max_iters', max_iters, 1, method=method, allow_none=True,
+      hint='the solver\'s iteration limit; None for the default 5T + 20')
+  return _stateless(lambda k: weighting(k, preferences, max_iters),
+                    shared, num_tasks, preferences)
+
+
+def upgrad(preferences: jax.Array | None = None, *,
+           shared: gram_lib.SharedMask = None,
+           num_tasks: int | None = None, max_iters: int | None = None
+           ) -> aggregating.Aggregator:
+  """UPGrad (Quinton & Rey, 2024): every task gradient projected onto the dual
+  cone of the task gradients, then summed with the preferences (default ones;
+  the authors' library uses 1/T). Conflicts with no task.
+
+  Args:
+    preferences: ``[T]`` weights of the projections (and of the heads).
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the weights in the state.
+    max_iters: iteration limit of the exact active-set solver of each
+      projection (default ``5T + 20``).
+
+  Returns:
+    An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: for invalid ``preferences`` (1-D, finite, non-negative, not
+      all zero, ``num_tasks`` entries), ``max_iters < 1`` or
+      ``num_tasks < 1``.
+  """
+  return _dual_cone_aggregator('upgrad', upgrad_weights, preferences,
+                               shared, num_tasks, max_iters)
+
+
+def dualproj(preferences: jax.Array | None = None, *,
+             shared: gram_lib.SharedMask = None,
+             num_tasks: int | None = None, max_iters: int | None = None
+             ) -> aggregating.Aggregator:
+  """DualProj (Quinton & Rey, 2024): the preference-weighted sum projected onto
+  the dual cone of the task gradients. Conflicts with no task.
+
+  Args:
+    preferences: ``[T]`` weights of the sum (default ones).
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the weights in the state.
+    max_iters: iteration limit of the exact active-set solver (default
+      ``5T + 20``).
+
+  Returns:
+    An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type.
+    ValueError: for invalid ``preferences`` (1-D, finite, non-negative, not
+      all zero, ``num_tasks`` entries), ``max_iters < 1`` or
+      ``num_tasks < 1``.
+  """
+  return _dual_cone_aggregator('dualproj', dualproj_weights, preferences,
+                               shared, num_tasks, max_iters)

@@ -18,11 +18,19 @@ whole-shared-parameter version, where one Gramian describes all groups.
 import jax
 import jax.numpy as jnp
 from jax import lax
+from optax.experimental import aggregating
 
-from mtl_optax.methods.linear_scalarization import preference_vector
+from mtl_optax import _checks
+from mtl_optax import gramians as gram_lib
+from mtl_optax.gramians import preference_vector
+from mtl_optax.methods._core import _build
+from mtl_optax.methods._core import _require_num_tasks
+from mtl_optax.methods._core import gramian_direction
+from mtl_optax.methods._core import state_dtype
+from mtl_optax.methods.pcgrad import random_orders
 
 
-def gradvac(
+def gradvac_weights(
     gram: jax.Array,
     targets: jax.Array,
     orders: jax.Array,
@@ -70,3 +78,50 @@ def gradvac(
 
   rows, new_targets = jax.vmap(per_task)(jnp.arange(t), orders, targets)
   return w @ rows, new_targets
+
+
+def gradvac(beta: float = 0.5, preferences: jax.Array | None = None, *,
+            num_tasks: int | None = None, shared: gram_lib.SharedMask = None,
+            seed: int = 0) -> aggregating.Aggregator:
+  """Gradient Vaccine (Wang et al., ICLR 2021): raise each pair's cosine to
+  its EMA target (``β`` the EMA rate), random order per task and step.
+
+  Args:
+    beta: EMA rate of the cosine targets.
+    preferences: ``[T]`` weights of the sum (default ones).
+    num_tasks: ``T`` (required: the ``T×T`` targets live in the state).
+    shared: which leaves are shared.
+    seed: PRNG seed for the visiting orders.
+
+  Returns:
+    An ``Aggregator``. Its ``inner`` state is ``(key, targets)``.
+
+  Raises:
+    TypeError: without ``num_tasks``, or for arguments of the wrong type.
+    ValueError: for ``beta`` outside [0, 1], invalid ``preferences`` (1-D,
+      finite, non-negative, not all zero, ``num_tasks`` entries) or
+      ``num_tasks < 1``.
+  """
+  t = _require_num_tasks('gradvac', num_tasks)
+  _checks.check_in_range(
+      'beta', beta, 0, 1, method='gradvac',
+      hint='the EMA rate of the cosine targets; the paper uses 0.01-0.5, 0 '
+      'keeps the targets at 0, which is PCGrad')
+  _checks.check_preferences('preferences', preferences, method='gradvac',
+                            num_tasks=t)
+  _checks.check_integer('seed', seed, method='gradvac',
+                        hint='the seed of the PRNG key in the state')
+
+  def coefficients(k, scale, inner, extra):
+    key, targets = inner
+    key, sub = jax.random.split(key)
+    orders = random_orders(sub, t)
+    c, new_targets = gradvac_weights(k, targets.astype(k.dtype), orders,
+                                      beta, preferences)
+    return c, (key, new_targets.astype(targets.dtype))
+
+  direction_fn = gramian_direction(coefficients, shared=shared,
+                                   preferences=preferences)
+  return _build(direction_fn, num_tasks=t, preferences=preferences,
+                init_inner=lambda: (jax.random.PRNGKey(seed),
+                                    jnp.zeros((t, t), state_dtype())))

@@ -15,8 +15,12 @@ sum to 0 (no direction has equal positive projections), uniform weights
 
 import jax
 import jax.numpy as jnp
+from optax.experimental import aggregating
 
-from mtl_optax.methods.aligned_mtl import kept_spectrum
+from mtl_optax import _checks
+from mtl_optax import gramians as gram_lib
+from mtl_optax.gramians import kept_spectrum
+from mtl_optax.methods._core import _stateless
 
 
 def pinv_psd(gram: jax.Array) -> jax.Array:
@@ -27,7 +31,7 @@ def pinv_psd(gram: jax.Array) -> jax.Array:
   return (vectors * inv) @ vectors.T
 
 
-def imtl_g(gram: jax.Array) -> jax.Array:
+def imtl_g_weights(gram: jax.Array) -> jax.Array:
   """IMTL-G coefficients ``c = K⁺ n / 1ᵀK⁺ n``, ``n = √diag K``.
 
   Args:
@@ -52,3 +56,25 @@ def imtl_g(gram: jax.Array) -> jax.Array:
   ok = jnp.abs(total) > jnp.finfo(gram.dtype).eps * jnp.sum(jnp.abs(raw))
   return jnp.where(ok, raw / jnp.where(ok, total, 1),
                    jnp.full((t,), 1 / t, gram.dtype))
+
+
+def imtl_g(*, shared: gram_lib.SharedMask = None,
+           num_tasks: int | None = None) -> aggregating.Aggregator:
+  """IMTL-G (Liu et al., ICLR 2021): equal projections on every unit task
+  gradient, ``c ∝ K⁺ √diag K`` normalised to sum 1.
+
+  Finite for zero gradients (weight 0) and duplicated tasks (pseudo-inverse).
+  Cost: one Gramian, one ``eigh`` of T×T, one weighted sum.
+
+  Args:
+    shared: which leaves are shared.
+    num_tasks: ``T``, to record the weights in the state.
+
+  Returns:
+    An ``Aggregator``.
+
+  Raises:
+    TypeError, ValueError: if ``num_tasks`` is not None or an integer >= 1.
+  """
+  _checks.check_num_tasks(num_tasks, method='imtl_g')
+  return _stateless(imtl_g_weights, shared, num_tasks)

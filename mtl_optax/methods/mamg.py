@@ -83,10 +83,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from optax.experimental import aggregating
 
 from mtl_optax import _checks
-from mtl_optax.methods.linear_scalarization import preference_vector
+from mtl_optax import gramians as gram_lib
+from mtl_optax.gramians import preference_vector
+from mtl_optax.methods.pcgrad import _random_order_aggregator
 from mtl_optax.methods.pcgrad import _surgery
+from mtl_optax.methods.pcgrad import random_orders
 
 REDUCTIONS = ('sum', 'mean')
 CLIPS = ('larger_norm', 'random', 'sequential')
@@ -112,15 +116,13 @@ def _clip_fraction(gi_gi, gi_gj, gj_gj):
   return jnp.where(conflict, _safe_div(delta, norm_p), 0)
 
 
-
-
 def _check_reduction(reduction, method):
   _checks.check_one_of(
       'reduction', reduction, REDUCTIONS, method=method,
       hint="'sum' is Lemma 1's g_i' + g_j, 'mean' divides it by T")
 
 
-def mamg(
+def mamg_weights(
     gram: jax.Array,
     orders: jax.Array,
     preferences: jax.Array | None = None,
@@ -314,3 +316,125 @@ def mamg_one_sided(
 
 def _reduced(c, t, reduction):
   return c / t if reduction == 'mean' else c
+
+
+MAMG_MODES = ('one_sided', 'algorithm1')
+
+
+def mamg(
+    preferences: jax.Array | None = None,
+    *,
+    mode: str = 'one_sided',
+    clip: str | None = None,
+    reduction: str | None = None,
+    shared: gram_lib.SharedMask = None,
+    seed: int = 0,
+    num_tasks: int | None = None,
+) -> aggregating.Aggregator:
+  """MAMG (Chai et al., IEEE TCYB 2022): the gradient clipping rule.
+
+  When two task gradients conflict (``<g_i, g_j> < 0``, Def. 1), ``g_i`` is
+  clipped along the interfering direction ``Pγ = g_i - g_j`` by ``Δg_ij``
+  (Eqs. 2-4): ``g_i' = g_i - Δg_ij Pγ/‖Pγ‖``, a point between ``g_i`` and
+  ``g_j``. Two modes (what the clip does and does not guarantee:
+  ``mtl_optax.weightings.mamg_one_sided``; derivations in this module's
+  docstring):
+
+  - ``'one_sided'`` (default), the rule as the paper analyses it (Fig. 2(d),
+    Lemma 1, Theorems 1-2): each conflicting pair clips ONE of its gradients
+    and keeps the other; the update is the sum, for T = 2
+    ``g^MG = g_i' + g_j``. Pairs are visited once each per step, tasks
+    entering in a random order and each meeting the tasks already in, on
+    the running (already clipped) gradients. ``clip`` picks the clipped one:
+    ``'larger_norm'`` (default; the dominating gradient of Fig. 1(a); on an
+    exact tie the smaller task index), ``'random'`` (a coin per pair) or
+    ``'sequential'`` (the later-entered task: each task is clipped against
+    the final gradients of those that entered before it).
+  - ``'algorithm1'``, Algorithm 1 read literally: every task's running
+    ``g_i'`` is clipped against every other original ``g_j`` (random order
+    per task), and the update is their mean. For T = 2 the two clips cancel
+    and this is exactly the plain mean gradient (``Δg_12 = Δg_21``, ``Pγ``
+    flips sign).
+
+  The task-specific leaves (``shared`` False) get the preference-weighted
+  sum ``Σ w_t g_t``, divided by ``T`` when ``reduction='mean'``, on the scale
+  of the shared part.
+
+  Args:
+    preferences: ``[T]`` weights of the (clipped) gradients and of the
+      task-specific leaves; default all ones.
+    mode: ``'one_sided'`` or ``'algorithm1'``.
+    clip: ``'larger_norm'``, ``'random'`` or ``'sequential'``
+      (``mode='one_sided'`` only; None means ``'larger_norm'`` there).
+    reduction: ``'sum'`` or ``'mean'`` (divide by ``T``). None (default)
+      means each mode's own: ``'sum'`` for ``'one_sided'`` (Lemma 1),
+      ``'mean'`` for ``'algorithm1'`` (its line 13).
+    shared: which leaves are shared.
+    seed: seed of the PRNG key in the state (entry orders, coins).
+    num_tasks: ``T``, to record the coefficients in the state.
+
+  Returns:
+    An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type (e.g. a float ``seed``).
+    ValueError: for an unknown ``mode``, ``clip`` or ``reduction``, a
+      ``clip`` with ``mode='algorithm1'``, invalid ``preferences`` (1-D,
+      finite, non-negative, not all zero, ``num_tasks`` entries) or
+      ``num_tasks < 1``.
+
+  References:
+    Chai et al., "A Model-Agnostic Approach to Mitigate Gradient Interference
+    for Multi-Task Learning", IEEE Trans. Cybern. 2022: Defs. 1-2,
+    Eqs. (2)-(4), Algorithm 1, Fig. 2, Lemma 1, Theorems 1-2.
+
+  Example:
+    >>> import jax.numpy as jnp, mtl_optax as mtl
+    >>> grads = {'w': jnp.array([[2., 0.], [-1., 1.]])}  # g_0 dominates
+    >>> tx = mtl.mamg()                       # one-sided, larger norm, sum
+    >>> d, _ = tx.update(grads, tx.init(None))
+    >>> [round(x, 3) for x in d['w'].tolist()]     # g_0' + g_1
+    [-0.275, 1.425]
+    >>> tx = mtl.mamg(mode='algorithm1')      # T = 2: the mean gradient
+    >>> d, _ = tx.update(grads, tx.init(None))
+    >>> [round(x, 5) for x in d['w'].tolist()]
+    [0.5, 0.5]
+  """
+  _checks.check_one_of(
+      'mode', mode, MAMG_MODES, method='mamg',
+      hint="'one_sided' clips one gradient per conflicting pair (the "
+      "paper's analysis), 'algorithm1' is Algorithm 1 read literally")
+  if clip is not None:
+    _checks.check_one_of(
+        'clip', clip, CLIPS, method='mamg',
+        hint='which gradient of a conflicting pair is clipped')
+    if mode != 'one_sided':
+      raise ValueError(
+          f"mamg: clip={clip!r} applies to mode='one_sided' only "
+          f"(mode={mode!r} clips every task against every other); drop "
+          "clip= or pass mode='one_sided'.")
+  if reduction is not None:
+    _checks.check_one_of(
+        'reduction', reduction, REDUCTIONS, method='mamg',
+        hint="None is 'sum' for mode='one_sided' (Lemma 1's g_i' + g_j) "
+        "and 'mean' for mode='algorithm1' (its line 13)")
+  if mode == 'one_sided':
+    clip = 'larger_norm' if clip is None else clip
+    reduction = 'sum' if reduction is None else reduction
+
+    def weighting(k, draws, preferences):
+      order, coins = draws
+      return mamg_one_sided(k, order, coins, preferences,
+                            clip=clip, reduction=reduction)
+
+    draw = mamg_draws
+  else:
+    reduction = 'mean' if reduction is None else reduction
+
+    def weighting(k, orders, preferences):
+      return mamg_weights(k, orders, preferences, reduction=reduction)
+
+    draw = random_orders
+  return _random_order_aggregator(weighting, preferences, shared, seed,
+                                  num_tasks, 'mamg', draw=draw,
+                                  heads_reduction=reduction)

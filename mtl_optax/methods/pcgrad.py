@@ -14,8 +14,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+from optax.experimental import aggregating
 
-from mtl_optax.methods.linear_scalarization import preference_vector
+from mtl_optax import _checks
+from mtl_optax import gramians as gram_lib
+from mtl_optax.gramians import preference_vector
+from mtl_optax.methods._core import _build
+from mtl_optax.methods._core import gramian_direction
 
 
 def random_orders(key: jax.Array, num_tasks: int) -> jax.Array:
@@ -48,7 +53,7 @@ def _surgery(gram, orders, rule):
   return jax.vmap(per_task)(jnp.arange(t), orders)
 
 
-def pcgrad(
+def pcgrad_weights(
     gram: jax.Array,
     orders: jax.Array,
     preferences: jax.Array | None = None,
@@ -76,3 +81,59 @@ def pcgrad(
 
   rows = _surgery(gram, orders, project)
   return w @ rows
+
+
+def _random_order_aggregator(weighting, preferences, shared, seed, num_tasks,
+                             method, draw=random_orders,
+                             heads_reduction='sum'):
+  """An aggregator whose weighting ``(K, draw(key, T), preferences) -> c``
+  needs fresh random draws (visiting orders) every step, from a PRNG key in
+  the state."""
+  _checks.check_num_tasks(num_tasks, method=method)
+  _checks.check_preferences('preferences', preferences, method=method,
+                            num_tasks=num_tasks)
+  _checks.check_integer('seed', seed, method=method,
+                        hint='the seed of the PRNG key in the state')
+
+  def coefficients(k, scale, key, extra):
+    key, sub = jax.random.split(key)
+    return weighting(k, draw(sub, k.shape[0]), preferences), key
+
+  direction_fn = gramian_direction(coefficients, shared=shared,
+                                   preferences=preferences,
+                                   heads_reduction=heads_reduction)
+  return _build(direction_fn, num_tasks=num_tasks, preferences=preferences,
+                init_inner=lambda: jax.random.PRNGKey(seed))
+
+
+def pcgrad(
+    preferences: jax.Array | None = None,
+    *,
+    shared: gram_lib.SharedMask = None,
+    seed: int = 0,
+    num_tasks: int | None = None,
+) -> aggregating.Aggregator:
+  """PCGrad (Yu et al., NeurIPS 2020): project away conflicting components.
+
+  Each task gradient is projected onto the normal plane of every other task
+  gradient it conflicts with, in a fresh random order per task and step (PRNG
+  key in the state), and the results are summed; computed in coefficient form
+  from the Gramian (``mtl_optax.weightings.pcgrad``).
+
+  Args:
+    preferences: ``[T]`` weights of the projected gradients in the sum (and of
+      the task-specific leaves); default all ones.
+    shared: which leaves are shared.
+    seed: seed of the PRNG key in the state.
+    num_tasks: ``T``, to record the coefficients in the state.
+
+  Returns:
+    An ``Aggregator``.
+
+  Raises:
+    TypeError: for arguments of the wrong type (e.g. a float ``seed``).
+    ValueError: for invalid ``preferences`` (1-D, finite, non-negative, not
+      all zero, ``num_tasks`` entries) or ``num_tasks < 1``.
+  """
+  return _random_order_aggregator(pcgrad_weights, preferences, shared,
+                                  seed, num_tasks, 'pcgrad')
