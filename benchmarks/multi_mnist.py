@@ -312,8 +312,10 @@ def final(methods, *, args) -> list[dict]:
   out = pathlib.Path(args.out)
   old = (json.loads(out.with_suffix('.json').read_text())
          if out.with_suffix('.json').exists() else {})
-  # Other methods' runs of earlier calls are kept.
-  results = [r for r in old.get('runs', ()) if r['method'] not in methods]
+  # Other methods' runs of earlier calls are kept (those of this protocol:
+  # a file of another format is replaced).
+  results = [r for r in old.get('runs', ())
+             if r['method'] not in methods and 'best' in r]
   for spec in methods:
     if spec not in selection['chosen']:
       raise SystemExit(f'{spec}: no selected rate in {args.out}_select.json; '
@@ -337,7 +339,7 @@ def final(methods, *, args) -> list[dict]:
           'protocol': protocol_text(selection, args.final_epochs),
           'selection': selection,
           'runs': results})
-  render(out)
+      render(out)      # after every run: a long stage shows what it has
   return results
 
 
