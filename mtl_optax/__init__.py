@@ -62,6 +62,7 @@ from mtl_optax.methods.imtl import imtl_g
 from mtl_optax.methods.linear_scalarization import linear_scalarization
 from mtl_optax.methods.mamg import mamg
 from mtl_optax.methods.mgda import mgda
+from mtl_optax.methods.moco import moco
 from mtl_optax.methods.pcgrad import pcgrad
 from mtl_optax.methods.random_weighting import random_weighting
 from mtl_optax.methods.uncertainty_weighting import uncertainty_weighting
@@ -103,6 +104,7 @@ __all__ = [
     'mamg',
     'metrics',
     'mgda',
+    'moco',
     'nash_mtl',
     'normalized_gramian',
     'num_tasks',

@@ -34,6 +34,7 @@ from mtl_optax.methods import imtl
 from mtl_optax.methods import linear_scalarization
 from mtl_optax.methods import mamg
 from mtl_optax.methods import mgda
+from mtl_optax.methods import moco
 from mtl_optax.methods import pcgrad
 from mtl_optax.methods import random_weighting
 from mtl_optax.methods import uncertainty_weighting
@@ -62,6 +63,7 @@ _FACTORIES: dict[str, Callable[..., aggregating.Aggregator]] = {
     'gradnorm': gradnorm.gradnorm,
     'famo': famo.famo,
     'geometric_mean': geometric_mean.geometric_mean,
+    'moco': moco.moco,
 }
 
 # Former names, still accepted (with a DeprecationWarning) but not listed by
@@ -74,7 +76,13 @@ NEEDS_LOSSES = frozenset({'uncertainty_weighting', 'dwa', 'gradnorm', 'famo',
                           'geometric_mean'})
 NEEDS_NUM_TASKS = frozenset({'nash_mtl', 'gradvac', 'ema_weighting',
                              'uncertainty_weighting', 'dwa', 'gradnorm',
-                             'famo'})
+                             'famo', 'moco'})
+
+
+# Methods whose state holds a per-task copy of the gradients (shaped like
+# the parameters: `init` needs them, so parameter level only) and whose update
+# follows that tracked copy rather than the current gradients.
+TRACKS_GRADIENTS = frozenset({'moco'})
 
 
 # Methods that take task preferences (linear scalarization calls them

@@ -348,6 +348,22 @@ CASES = {
     'geometric_mean': (
         mtl.geometric_mean,
         _prefixed('geometric_mean', NUM_TASKS_CASES + TRACK_CASES)),
+    'moco': (
+        _with_tasks(mtl.moco),
+        _prefixed('moco', NUM_TASKS_CASES) + [
+            (dict(num_tasks=None), TypeError,
+             ('moco keeps one value per task',)),
+            (dict(beta=0.), ValueError,
+             ('moco: beta must be in (0, 1]', 'got 0.0')),
+            (dict(gamma=0.), ValueError,
+             ('moco: gamma must be > 0', 'got 0.0')),
+            (dict(rho=-1.), ValueError,
+             ('moco: rho must be >= 0', 'got -1.0')),
+            (dict(beta_decay=NAN), ValueError,
+             ('moco: beta_decay must be finite and >= 0', 'got nan')),
+            (dict(gamma_decay=-1.), ValueError,
+             ('moco: gamma_decay must be >= 0', 'got -1.0')),
+        ]),
 }
 
 LINESEARCH_CASES = [
@@ -458,7 +474,9 @@ def test_defaults_build(name):
 @pytest.mark.parametrize('name', mtl.available())
 def test_registry_for_tasks_builds_everything(name):
   agg = registry.for_tasks(name, num_tasks=3)
-  state = agg.init(None)
+  # A tracked copy of the gradients is shaped like the parameters.
+  params = {'w': jnp.zeros(2)} if name in registry.TRACKS_GRADIENTS else None
+  state = agg.init(params)
   assert state.weights is None or state.weights.shape == (3,)
   if name in registry.TAKES_PREFERENCES:
     registry.for_tasks(name, num_tasks=3, preferences=[0., 1., 2.])

@@ -53,6 +53,11 @@ GROUPS = (
     ('Per coordinate', 'Not Gramian-based: it needs the stacked gradients '
      'themselves (no Jacobian-free form).',
      ('graddrop',)),
+    ('Stochastic corrections',
+     'Methods whose state tracks per-task gradients across steps (a copy '
+     'of the stacked gradients: ``init`` needs the parameters; parameter '
+     'level only).',
+     ('moco',)),
     ('Loss-based weighting',
      'Coefficients from the task losses: pass them at every update, '
      '``tx.update(grads, state, params, losses=losses)``.',
@@ -99,6 +104,8 @@ WEIGHTINGS = {
     'famo': ('mtl_optax.weightings.loss_based.famo',
              'mtl_optax.weightings.loss_based.famo_logits_grad'),
     'geometric_mean': ('mtl_optax.weightings.loss_based.geometric_mean',),
+    'moco': ('mtl_optax.weightings.moco',
+             'mtl_optax.weightings.project_to_simplex'),
 }
 
 

@@ -34,6 +34,7 @@ file                        methods
 ``gradnorm``                ``gradnorm`` (GradNorm)
 ``famo``                    ``famo`` (FAMO)
 ``geometric_mean``          ``geometric_mean`` (GLS)
+``moco``                    ``moco`` (MoCo)
 ==========================  ==============================================
 
 The layering has no import circle: ``gramians``, ``active_set``,

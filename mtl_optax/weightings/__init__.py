@@ -45,6 +45,8 @@ from mtl_optax.methods.mgda import min_norm_frank_wolfe
 from mtl_optax.methods.mgda import min_norm_two
 from mtl_optax.methods.mgda import normalization_scales
 from mtl_optax.methods.mgda import SOLVERS as mgda_solvers
+from mtl_optax.methods.moco import moco_weights as moco
+from mtl_optax.methods.moco import project_to_simplex
 from mtl_optax.methods.pcgrad import pcgrad_weights as pcgrad
 from mtl_optax.methods.pcgrad import random_orders
 from mtl_optax.weightings import loss_based
@@ -75,6 +77,8 @@ __all__ = [
     'min_norm_two',
     'mgda_solvers',
     'normalization_scales',
+    'moco',
     'pcgrad',
+    'project_to_simplex',
     'random_orders',
 ]
