@@ -552,24 +552,29 @@ def weighted_sum(
 
   def one(leaf, is_shared):
     c = coefficients if is_shared else task_weights
-    acc = accumulation_dtype(leaf.dtype)
-    if _distributed(leaf):
-      # No reshape: merging a sharded axis with others is not expressible
-      # under Explicit mesh axes, and under Auto axes it may reshard.
-      sharding = explicit_sharding(leaf)
-      spec = None if sharding is None else NamedSharding(
-          sharding.mesh, PartitionSpec(*sharding.spec[1:]))
-      out = lax.dot_general(c.astype(acc), leaf, (((0,), (0,)), ((), ())),
-                            precision=PRECISION, preferred_element_type=acc,
-                            out_sharding=spec)
-      return out.astype(leaf.dtype)
-    out = lax.dot_general(
-        c.astype(acc)[None, :], leaf.reshape(leaf.shape[0], -1),
-        (((1,), (0,)), ((), ())), precision=PRECISION,
-        preferred_element_type=acc)
-    return out.reshape(leaf.shape[1:]).astype(leaf.dtype)
+    return _leaf_weighted_sum(c, leaf)
 
   return jax.tree.map(one, stacked, mask)
+
+
+def _leaf_weighted_sum(c: jax.Array, leaf: jax.Array) -> jax.Array:
+  """``Σ_t c_t leaf[t]`` in ``leaf``'s dtype (accumulated in float32+)."""
+  acc = accumulation_dtype(leaf.dtype)
+  if _distributed(leaf):
+    # No reshape: merging a sharded axis with others is not expressible
+    # under Explicit mesh axes, and under Auto axes it may reshard.
+    sharding = explicit_sharding(leaf)
+    spec = None if sharding is None else NamedSharding(
+        sharding.mesh, PartitionSpec(*sharding.spec[1:]))
+    out = lax.dot_general(c.astype(acc), leaf, (((0,), (0,)), ((), ())),
+                          precision=PRECISION, preferred_element_type=acc,
+                          out_sharding=spec)
+    return out.astype(leaf.dtype)
+  out = lax.dot_general(
+      c.astype(acc)[None, :], leaf.reshape(leaf.shape[0], -1),
+      (((1,), (0,)), ((), ())), precision=PRECISION,
+      preferred_element_type=acc)
+  return out.reshape(leaf.shape[1:]).astype(leaf.dtype)
 
 
 def combine(coefficients: jax.Array, stacked: PyTree) -> PyTree:
@@ -583,6 +588,175 @@ def combine(coefficients: jax.Array, stacked: PyTree) -> PyTree:
     A pytree with the structure of one task's gradient, leaves in their dtype.
   """
   return weighted_sum(coefficients, stacked)
+
+
+# -- Per-group Gramians (``per_group=``) ---------------------------------------
+
+# What ``per_group`` may be (quoted in its errors).
+PER_GROUP_OPTIONS = (
+    "per_group must be None (one Gramian over all shared leaves), 'leaf' "
+    '(each shared leaf its own group) or a function key_path -> hashable '
+    "group id (e.g. lambda path: path[0].key for the top-level module)")
+
+# ``None``, ``'leaf'`` or ``fn(key_path) -> hashable``.
+PerGroup = str | Callable[[tuple], Any] | None
+
+
+def check_per_group(per_group: PerGroup, *, method: str) -> None:
+  """Raises ValueError unless ``per_group`` is None, ``'leaf'`` or callable.
+
+  Args:
+    per_group: the option as given.
+    method: the factory's name, for the message.
+
+  Raises:
+    ValueError: naming the options.
+  """
+  if per_group is None or callable(per_group):
+    return
+  if isinstance(per_group, str) and per_group == 'leaf':
+    return
+  raise ValueError(f'{method}: got per_group={per_group!r}; {PER_GROUP_OPTIONS}.')
+
+
+def leaf_groups(per_group: PerGroup, stacked: PyTree, mask: PyTree
+                ) -> tuple[list[int | None], list[Any]]:
+  """The group index of every leaf (None for task-specific leaves).
+
+  Args:
+    per_group: ``'leaf'`` or a function ``key_path -> hashable group id``.
+    stacked: the stacked gradients.
+    mask: the resolved ``shared`` mask (Python bools, ``stacked``'s structure).
+
+  Returns:
+    ``(index per leaf in flattening order, group ids in order of first
+    appearance)``. With no shared leaf, one empty group (a zero Gramian, as
+    without ``per_group``).
+
+  Raises:
+    ValueError: if ``per_group`` is not an option, or returns an unhashable
+      id.
+  """
+  check_per_group(per_group, method='per_group')
+  paths = [p for p, _ in jax.tree_util.tree_leaves_with_path(stacked)]
+  flags = jax.tree.leaves(mask)
+  ids: dict[Any, int] = {}
+  index: list[int | None] = []
+  for i, (path, is_shared) in enumerate(zip(paths, flags)):
+    if not is_shared:
+      index.append(None)
+      continue
+    gid = ('leaf', i) if per_group == 'leaf' else per_group(path)
+    try:
+      hash(gid)
+    except TypeError:
+      raise ValueError(
+          f'per_group returned {gid!r} for leaf '
+          f'{jax.tree_util.keystr(path)}, which is not hashable; '
+          f'{PER_GROUP_OPTIONS}.') from None
+    index.append(ids.setdefault(gid, len(ids)))
+  names = list(ids) or [None]
+  return index, names
+
+
+def normalized_group_gramians(
+    stacked: PyTree, mask: PyTree, groups: Sequence[int | None],
+    num_groups: int) -> tuple[jax.Array, jax.Array]:
+  """Every group's normalised Gramian, ``[G, T, T]``, in one pass.
+
+  Each shared leaf's ``[T, T]`` Gramian is added to its group's block (one
+  contraction per leaf, as for ``normalized_gramian``), and each block is
+  normalised as ``normalized_gramian`` does: ``K_g = scale_g² K_hat_g`` with
+  ``max(diag(K_hat_g)) = 1``, recomputed from rescaled gradients (a second
+  pass, only then) when some block is not finite or leaves the safe range.
+
+  Args:
+    stacked: stacked per-task gradients.
+    mask: the resolved ``shared`` mask.
+    groups: the group index of every leaf (None: not shared), e.g. from
+      ``leaf_groups``.
+    num_groups: ``G``.
+
+  Returns:
+    ``(K_hat [G, T, T], scale [G])``.
+  """
+  t = num_tasks(stacked)
+  leaves = jax.tree.leaves(stacked)
+  members = [[x for x, g in zip(leaves, groups) if g == i]
+             for i in range(num_groups)]
+  del mask
+  dtype = _gram_dtype([x for m in members for x in m])
+  lo, hi = 1e-30, 1e30
+
+  def grams(inv):
+    return jnp.stack([_sum_grams(m, t, dtype, inv[i])
+                      for i, m in enumerate(members)])
+
+  def body(carry):
+    _, inv, attempt = carry
+    k = grams(inv)
+    top = jnp.max(jnp.diagonal(k, axis1=1, axis2=2), axis=1)
+    safe = (jnp.all(jnp.isfinite(k), axis=(1, 2)) & (top >= lo)
+            & (top <= hi))
+    retry = ~safe & (attempt == 0)
+
+    def rescale():
+      m = jnp.stack([_max_abs(g).astype(dtype) for g in members])
+      new = jnp.where((m > 0) & jnp.isfinite(m), 1 / m, 1).astype(dtype)
+      return jnp.where(retry, new, inv)
+
+    inv = lax.cond(jnp.any(retry), rescale, lambda: inv)
+    return k, inv, jnp.where(jnp.any(retry), 1, 2).astype(attempt.dtype)
+
+  k, inv, _ = lax.while_loop(
+      lambda carry: carry[2] < 2, body,
+      (jnp.zeros((num_groups, t, t), dtype), jnp.ones((num_groups,), dtype),
+       jnp.zeros((), jnp.int32)))
+  top = jnp.max(jnp.diagonal(k, axis1=1, axis2=2), axis=1)
+  positive = top > 0
+  safe_top = jnp.where(positive, top, 1)
+  k_hat = jnp.where(positive[:, None, None], k / safe_top[:, None, None], k)
+  scale = jnp.where(positive, jnp.sqrt(safe_top) / inv, 1)
+  return k_hat, scale.astype(dtype)
+
+
+def group_gramians(stacked: PyTree, per_group: PerGroup,
+                   shared: SharedMask = None) -> jax.Array:
+  """The ``[G, T, T]`` Gramians of the groups of shared leaves (unnormalised).
+
+  Args:
+    stacked: stacked per-task gradients.
+    per_group: ``'leaf'`` or a function ``key_path -> hashable group id``.
+    shared: which leaves are shared.
+
+  Returns:
+    ``K[g] = J_g J_gᵀ`` for the groups in order of first appearance.
+  """
+  mask = resolve_shared_mask(shared, stacked)
+  groups, names = leaf_groups(per_group, stacked, mask)
+  k_hat, scale = normalized_group_gramians(stacked, mask, groups, len(names))
+  return k_hat * (scale ** 2)[:, None, None]
+
+
+def grouped_weighted_sum(
+    coefficients: jax.Array, stacked: PyTree, groups: Sequence[int | None],
+    task_weights: jax.Array) -> PyTree:
+  """``Σ_t c_{g,t} g_t`` on each shared leaf of group ``g``;
+  ``Σ_t w_t g_t`` on the task-specific leaves (group None).
+
+  Args:
+    coefficients: ``[G, T]``.
+    stacked: stacked per-task gradients.
+    groups: the group index of every leaf.
+    task_weights: ``[T]`` weights of the task-specific leaves.
+
+  Returns:
+    A pytree with the structure of one task's gradient.
+  """
+  leaves, treedef = jax.tree.flatten(stacked)
+  out = [_leaf_weighted_sum(task_weights if g is None else coefficients[g],
+                            leaf) for leaf, g in zip(leaves, groups)]
+  return jax.tree.unflatten(treedef, out)
 
 
 # Helpers of the weighting functions, below the methods so that the methods,

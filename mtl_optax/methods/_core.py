@@ -285,6 +285,8 @@ def gramian_direction(
     scale_degree: int = 1,
     heads_follow_coefficients: bool = False,
     heads_reduction: str = 'sum',
+    per_group: gram_lib.PerGroup = None,
+    method: str = 'gramian_direction',
 ) -> DirectionFn:
   """A direction function from a weighting ``(K_hat, scale, inner, extra) ->
   (c, inner)``.
@@ -305,6 +307,19 @@ def gramian_direction(
       task-specific leaves' weighted sum by ``T``, for methods whose shared
       part is a mean of ``T`` task terms (e.g. ``mamg(reduction='mean')``),
       so that heads and shared leaves are on the same scale.
+    per_group: how the shared leaves are grouped. ``None`` (default): one
+      Gramian over all of them. ``'leaf'``: each shared leaf is its own group.
+      A function ``key_path -> hashable group id`` (e.g. ``lambda path:
+      path[0].key``, by top-level module): leaves with the same id form a
+      group. Each group's ``[T, T]`` Gramian is computed in the same single
+      pass over the gradients (a ``[G, T, T]`` stack), the weighting runs on
+      each group's Gramian (vmapped over the groups) and each group's leaves
+      get ``Σ_t c_{g,t} g_t``; task-specific leaves are unchanged. The
+      state's ``weights`` are then the mean over the groups of the ``[G, T]``
+      coefficients and ``diagnostics`` those of the whole shared Gramian.
+      Only for weightings without state (a method with PRNG keys, EMAs or
+      learned weights raises ValueError at its first update).
+    method: the factory's name, for error messages.
 
   Returns:
     A function ``(grads, inner, extra) -> Proposal``.
@@ -313,9 +328,10 @@ def gramian_direction(
     TypeError: if ``coefficients_fn`` is not callable, ``scale_degree`` not a
       real number or ``heads_follow_coefficients`` not a bool.
     ValueError: for invalid ``preferences`` (1-D, finite, not all zero),
-      a non-finite ``scale_degree`` or an unknown ``heads_reduction``.
+      a non-finite ``scale_degree``, an unknown ``heads_reduction`` or
+      ``per_group`` (and, at the first update, ``per_group`` with a weighting
+      that has state).
   """
-  method = 'gramian_direction'
   _checks.check_callable('coefficients_fn', coefficients_fn, method=method,
                          hint='(K_hat, scale, inner, extra) -> (c, inner)')
   # Any sign: linear scalarization passes its weights here.
@@ -329,6 +345,14 @@ def gramian_direction(
   _checks.check_one_of(
       'heads_reduction', heads_reduction, ('sum', 'mean'), method=method,
       hint="'mean' divides the task-specific leaves' sum by T")
+
+  gram_lib.check_per_group(per_group, method=method)
+  if per_group is not None:
+    return _per_group_direction(
+        coefficients_fn, shared=shared, preferences=preferences,
+        scale_degree=scale_degree,
+        heads_follow_coefficients=heads_follow_coefficients,
+        heads_reduction=heads_reduction, per_group=per_group, method=method)
 
   def direction_fn(grads, inner, extra):
     mask = gram_lib.resolve_shared_mask(shared, grads)
@@ -346,6 +370,53 @@ def gramian_direction(
         inputs_ok=leaves_finite(grads, mask, shared=False),
         combine=lambda: gram_lib.weighted_sum(c, grads, mask,
                                               task_weights=heads))
+
+  return direction_fn
+
+
+def _per_group_direction(coefficients_fn, *, shared, preferences,
+                         scale_degree, heads_follow_coefficients,
+                         heads_reduction, per_group, method) -> DirectionFn:
+  """``gramian_direction`` with ``per_group``: the ``[G, T, T]`` Gramians of
+  the groups in one pass, the weighting vmapped over the groups, each group's
+  leaves combined with its own coefficients."""
+
+  def direction_fn(grads, inner, extra):
+    if jax.tree.leaves(inner):
+      raise ValueError(
+          f'{method}: per_group needs a weighting without state (one '
+          'Gramian per group would need one state per group: PRNG keys, '
+          'EMAs, learned weights); this one has state. Use per_group=None, '
+          'or a stateless method (aligned_mtl, mgda, upgrad, dualproj, '
+          'imtl_g, cagrad, conflict_free, fairgrad).')
+    mask = gram_lib.resolve_shared_mask(shared, grads)
+    groups, names = gram_lib.leaf_groups(per_group, grads, mask)
+    k_hats, scales = gram_lib.normalized_group_gramians(
+        grads, mask, groups, len(names))
+    c, _ = jax.vmap(lambda k, s: coefficients_fn(k, s, inner, extra))(
+        k_hats, scales)
+    if scale_degree != 1:
+      c = c * (scales ** (scale_degree - 1))[:, None]
+    t = k_hats.shape[1]
+    mean_c = jnp.mean(c, axis=0)
+    heads = mean_c if heads_follow_coefficients else preference_vector(
+        preferences, t, c.dtype)
+    if heads_reduction == 'mean':
+      heads = heads / t
+    # The whole shared Gramian (for the diagnostics and the NaN check):
+    # Σ_g scale_g² K_hat_g, normalised, with the scales relative to the
+    # largest so that it neither overflows nor underflows.
+    rel = scales / jnp.max(scales)
+    total = jnp.sum(k_hats * (rel ** 2)[:, None, None], axis=0)
+    top = jnp.max(jnp.diag(total))
+    gram_hat = jnp.where(top > 0, total / jnp.where(top > 0, top, 1), total)
+    # A NaN/Inf in any group's coefficients reaches their mean.
+    return Proposal(
+        coefficients=mean_c, gram_hat=gram_hat, inner=inner,
+        inputs_ok=leaves_finite(grads, mask, shared=False) & jnp.all(
+            jnp.isfinite(k_hats)),
+        combine=lambda: gram_lib.grouped_weighted_sum(c, grads, groups,
+                                                      heads))
 
   return direction_fn
 
@@ -380,11 +451,13 @@ def _require_num_tasks(name: str, num_tasks: int | None) -> int:
   return _checks.check_num_tasks(num_tasks, method=name, required=True)
 
 
-def _stateless(weighting, shared, num_tasks, preferences=None, degree=1):
+def _stateless(weighting, shared, num_tasks, preferences=None, degree=1,
+               per_group=None, method='gramian_direction'):
   """An aggregator whose coefficients are ``weighting(K_hat)`` (no state)."""
   direction_fn = gramian_direction(
       lambda k, scale, inner, extra: (weighting(k), inner),
-      shared=shared, preferences=preferences, scale_degree=degree)
+      shared=shared, preferences=preferences, scale_degree=degree,
+      per_group=per_group, method=method)
   return _build(direction_fn, num_tasks=num_tasks, preferences=preferences)
 
 

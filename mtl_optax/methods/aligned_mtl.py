@@ -206,6 +206,7 @@ def aligned_mtl(
     scale_mode: str = 'min',
     *,
     shared: gram_lib.SharedMask = None,
+    per_group: gram_lib.PerGroup = None,
     method: str = 'eigh',
     num_tasks: int | None = None,
 ) -> aggregating.Aggregator:
@@ -232,6 +233,11 @@ def aligned_mtl(
     scale_mode: 'min' (the paper), 'median' or 'rmse' (see
       ``mtl_optax.weightings.aligned``).
     shared: which leaves are shared.
+    per_group: ``None`` (one Gramian), ``'leaf'`` or ``key_path -> group
+      id``: the weighting on each group's Gramian, each group's leaves
+      combined with its coefficients (see
+      ``mtl_optax.methods.gramian_direction``).
+      ``method='eigh'`` only.
     method: 'eigh' (Gramian, the fast path) or 'svd' (reference: thin SVD of
       the concatenated ``[T, P]`` matrix).
     num_tasks: ``T``, to record the weights in the state.
@@ -271,8 +277,14 @@ def aligned_mtl(
     direction_fn = gramian_direction(
         lambda k, scale, inner, extra: (
             aligned(k, preferences, scale_mode), inner),
-        shared=shared, preferences=preferences)
+        shared=shared, preferences=preferences, per_group=per_group,
+        method=name)
   elif method == 'svd':
+    if per_group is not None:
+      gram_lib.check_per_group(per_group, method=name)
+      raise ValueError(
+          "aligned_mtl: per_group needs method='eigh' (the Gramian path); "
+          "method='svd' decomposes the whole stacked matrix.")
     direction_fn = _aligned_svd_direction(shared, preferences, scale_mode)
   else:
     raise ValueError(f"method must be 'eigh' or 'svd', got {method!r}.")

@@ -238,6 +238,7 @@ def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
 
 
 def fairgrad(alpha: float = 1.0, *, shared: gram_lib.SharedMask = None,
+             per_group: gram_lib.PerGroup = None,
              num_tasks: int | None = None, max_iters: int = 50
              ) -> aggregating.Aggregator:
   """FairGrad (Ban & Ji, ICML 2024): α-fair weights, ``K w = w^(-1/α)``.
@@ -250,6 +251,10 @@ def fairgrad(alpha: float = 1.0, *, shared: gram_lib.SharedMask = None,
   Args:
     alpha: the fairness exponent (> 0).
     shared: which leaves are shared.
+    per_group: ``None`` (one Gramian), ``'leaf'`` or ``key_path -> group
+      id``: the weighting on each group's Gramian, each group's leaves
+      combined with its coefficients (see
+      ``mtl_optax.methods.gramian_direction``).
     num_tasks: ``T``, to record the weights in the state.
     max_iters: Newton iterations.
 
@@ -269,4 +274,5 @@ def fairgrad(alpha: float = 1.0, *, shared: gram_lib.SharedMask = None,
   _checks.check_int_at_least('max_iters', max_iters, 1, method='fairgrad',
                              hint='Newton iterations, e.g. 50')
   return _stateless(lambda k: fairgrad_weights(k, alpha, max_iters),
-                    shared, num_tasks, degree=(1 - alpha) / (1 + alpha))
+                    shared, num_tasks, degree=(1 - alpha) / (1 + alpha),
+                    per_group=per_group, method='fairgrad')

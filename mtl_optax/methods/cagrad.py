@@ -254,6 +254,7 @@ def cagrad_weights(gram: jax.Array, c: float = 0.4, rescale: int = 1,
 
 def cagrad(c: float = 0.4, rescale: int = 1, *,
            shared: gram_lib.SharedMask = None,
+           per_group: gram_lib.PerGroup = None,
            num_tasks: int | None = None,
            max_iters: int | None = None) -> aggregating.Aggregator:
   """CAGrad (Liu et al., NeurIPS 2021): conflict-averse gradient descent.
@@ -280,6 +281,10 @@ def cagrad(c: float = 0.4, rescale: int = 1, *,
     c: the radius factor (0.4 default; the paper uses 0.4-0.5).
     rescale: 0, 1 or 2.
     shared: which leaves are shared.
+    per_group: ``None`` (one Gramian), ``'leaf'`` or ``key_path -> group
+      id``: the weighting on each group's Gramian, each group's leaves
+      combined with its coefficients (see
+      ``mtl_optax.methods.gramian_direction``).
     num_tasks: ``T``, to record the weights in the state.
     max_iters: pivot limit of the exact solver (default ``5T + 20``).
 
@@ -303,4 +308,5 @@ def cagrad(c: float = 0.4, rescale: int = 1, *,
       'max_iters', max_iters, 1, method='cagrad', allow_none=True,
       hint='the pivot limit of the exact solver; None (default) is 5T + 20')
   return _stateless(lambda k: cagrad_weights(k, c, rescale, max_iters),
-                    shared, num_tasks)
+                    shared, num_tasks, per_group=per_group,
+                    method='cagrad')

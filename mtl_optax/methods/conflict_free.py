@@ -114,6 +114,7 @@ def conflict_free_weights(gram: jax.Array) -> jax.Array:
 
 
 def conflict_free(*, shared: gram_lib.SharedMask = None,
+                  per_group: gram_lib.PerGroup = None,
                   num_tasks: int | None = None) -> aggregating.Aggregator:
   """ConFIG (Liu et al., ICLR 2025): the direction with equal cosine to every
   task gradient (``U⁺ 1`` of the unit gradients), as long as the sum of the
@@ -129,6 +130,10 @@ def conflict_free(*, shared: gram_lib.SharedMask = None,
 
   Args:
     shared: which leaves are shared.
+    per_group: ``None`` (one Gramian), ``'leaf'`` or ``key_path -> group
+      id``: the weighting on each group's Gramian, each group's leaves
+      combined with its coefficients (see
+      ``mtl_optax.methods.gramian_direction``).
     num_tasks: ``T``, to record the weights in the state.
 
   Returns:
@@ -138,7 +143,8 @@ def conflict_free(*, shared: gram_lib.SharedMask = None,
     TypeError, ValueError: if ``num_tasks`` is not None or an integer >= 1.
   """
   _checks.check_num_tasks(num_tasks, method='conflict_free')
-  return _stateless(conflict_free_weights, shared, num_tasks)
+  return _stateless(conflict_free_weights, shared, num_tasks,
+                    per_group=per_group, method='conflict_free')
 
 
 def _deprecated_alias(function, old: str, new: str):

@@ -113,7 +113,7 @@ def dualproj_weights(gram: jax.Array,
 
 
 def _dual_cone_aggregator(method, weighting, preferences, shared, num_tasks,
-                          max_iters):
+                          max_iters, per_group=None):
   """UPGrad or DualProj (``weighting(K, preferences, max_iters)``), after
   checking the arguments they share."""
   _checks.check_num_tasks(num_tasks, method=method)
@@ -123,11 +123,13 @@ def _dual_cone_aggregator(method, weighting, preferences, shared, num_tasks,
       'max_iters', max_iters, 1, method=method, allow_none=True,
       hint='the solver\'s iteration limit; None for the default 5T + 20')
   return _stateless(lambda k: weighting(k, preferences, max_iters),
-                    shared, num_tasks, preferences)
+                    shared, num_tasks, preferences, per_group=per_group,
+                    method=method)
 
 
 def upgrad(preferences: jax.Array | None = None, *,
            shared: gram_lib.SharedMask = None,
+           per_group: gram_lib.PerGroup = None,
            num_tasks: int | None = None, max_iters: int | None = None
            ) -> aggregating.Aggregator:
   """UPGrad (Quinton & Rey, 2024): every task gradient projected onto the dual
@@ -137,6 +139,10 @@ def upgrad(preferences: jax.Array | None = None, *,
   Args:
     preferences: ``[T]`` weights of the projections (and of the heads).
     shared: which leaves are shared.
+    per_group: ``None`` (one Gramian), ``'leaf'`` or ``key_path -> group
+      id``: the weighting on each group's Gramian, each group's leaves
+      combined with its coefficients (see
+      ``mtl_optax.methods.gramian_direction``).
     num_tasks: ``T``, to record the weights in the state.
     max_iters: iteration limit of the exact active-set solver of each
       projection (default ``5T + 20``).
@@ -151,11 +157,12 @@ def upgrad(preferences: jax.Array | None = None, *,
       ``num_tasks < 1``.
   """
   return _dual_cone_aggregator('upgrad', upgrad_weights, preferences,
-                               shared, num_tasks, max_iters)
+                               shared, num_tasks, max_iters, per_group)
 
 
 def dualproj(preferences: jax.Array | None = None, *,
              shared: gram_lib.SharedMask = None,
+             per_group: gram_lib.PerGroup = None,
              num_tasks: int | None = None, max_iters: int | None = None
              ) -> aggregating.Aggregator:
   """DualProj (Quinton & Rey, 2024): the preference-weighted sum projected onto
@@ -164,6 +171,10 @@ def dualproj(preferences: jax.Array | None = None, *,
   Args:
     preferences: ``[T]`` weights of the sum (default ones).
     shared: which leaves are shared.
+    per_group: ``None`` (one Gramian), ``'leaf'`` or ``key_path -> group
+      id``: the weighting on each group's Gramian, each group's leaves
+      combined with its coefficients (see
+      ``mtl_optax.methods.gramian_direction``).
     num_tasks: ``T``, to record the weights in the state.
     max_iters: iteration limit of the exact active-set solver (default
       ``5T + 20``).
@@ -178,4 +189,4 @@ def dualproj(preferences: jax.Array | None = None, *,
       ``num_tasks < 1``.
   """
   return _dual_cone_aggregator('dualproj', dualproj_weights, preferences,
-                               shared, num_tasks, max_iters)
+                               shared, num_tasks, max_iters, per_group)

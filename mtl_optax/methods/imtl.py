@@ -59,6 +59,7 @@ def imtl_g_weights(gram: jax.Array) -> jax.Array:
 
 
 def imtl_g(*, shared: gram_lib.SharedMask = None,
+           per_group: gram_lib.PerGroup = None,
            num_tasks: int | None = None) -> aggregating.Aggregator:
   """IMTL-G (Liu et al., ICLR 2021): equal projections on every unit task
   gradient, ``c ∝ K⁺ √diag K`` normalised to sum 1.
@@ -68,6 +69,10 @@ def imtl_g(*, shared: gram_lib.SharedMask = None,
 
   Args:
     shared: which leaves are shared.
+    per_group: ``None`` (one Gramian), ``'leaf'`` or ``key_path -> group
+      id``: the weighting on each group's Gramian, each group's leaves
+      combined with its coefficients (see
+      ``mtl_optax.methods.gramian_direction``).
     num_tasks: ``T``, to record the weights in the state.
 
   Returns:
@@ -77,4 +82,5 @@ def imtl_g(*, shared: gram_lib.SharedMask = None,
     TypeError, ValueError: if ``num_tasks`` is not None or an integer >= 1.
   """
   _checks.check_num_tasks(num_tasks, method='imtl_g')
-  return _stateless(imtl_g_weights, shared, num_tasks)
+  return _stateless(imtl_g_weights, shared, num_tasks,
+                    per_group=per_group, method='imtl_g')

@@ -275,6 +275,7 @@ def mgda(
     *,
     solver: str = 'active_set',
     shared: gram_lib.SharedMask = None,
+    per_group: gram_lib.PerGroup = None,
     num_tasks: int | None = None,
 ) -> aggregating.Aggregator:
   """MGDA (Sener & Koltun, NeurIPS 2018): the min-norm convex combination.
@@ -298,6 +299,10 @@ def mgda(
     solver: 'active_set' (default, exact), 'frank_wolfe' (the paper's
       Algorithm 2) or 'frank_wolfe_away' (with away steps).
     shared: which leaves are shared.
+    per_group: ``None`` (one Gramian), ``'leaf'`` or ``key_path -> group
+      id``: the weighting on each group's Gramian, each group's leaves
+      combined with its coefficients (see
+      ``mtl_optax.methods.gramian_direction``).
     num_tasks: ``T``, to record the coefficients in the state.
 
   Returns:
@@ -337,5 +342,6 @@ def mgda(
                         tol, solver), inner
 
   direction_fn = gramian_direction(coefficients, shared=shared,
-                                   scale_degree=degree)
+                                   scale_degree=degree, per_group=per_group,
+                                   method='mgda')
   return _build(direction_fn, num_tasks=num_tasks, preferences=None)
