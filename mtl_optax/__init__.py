@@ -52,6 +52,7 @@ from mtl_optax.methods.conflict_free import conflict_free
 from mtl_optax.methods.dual_cone import dualproj
 from mtl_optax.methods.dual_cone import upgrad
 from mtl_optax.methods.dwa import dwa
+from mtl_optax.methods.excess_mtl import excess_mtl
 from mtl_optax.methods.ema_weighting import ema_weighting
 from mtl_optax.methods.famo import famo
 from mtl_optax.methods.geometric_mean import geometric_mean
@@ -85,6 +86,7 @@ __all__ = [
     'dualproj',
     'dwa',
     'ema_weighting',
+    'excess_mtl',
     'fairgrad',
     'fast_backtracking_linesearch',
     'famo',

@@ -25,6 +25,7 @@ from mtl_optax.methods import conflict_free
 from mtl_optax.methods import dual_cone
 from mtl_optax.methods import dwa
 from mtl_optax.methods import ema_weighting
+from mtl_optax.methods import excess_mtl
 from mtl_optax.methods import famo
 from mtl_optax.methods import geometric_mean
 from mtl_optax.methods import graddrop
@@ -64,6 +65,7 @@ _FACTORIES: dict[str, Callable[..., aggregating.Aggregator]] = {
     'famo': famo.famo,
     'geometric_mean': geometric_mean.geometric_mean,
     'moco': moco.moco,
+    'excess_mtl': excess_mtl.excess_mtl,
 }
 
 # Former names, still accepted (with a DeprecationWarning) but not listed by
@@ -76,13 +78,14 @@ NEEDS_LOSSES = frozenset({'uncertainty_weighting', 'dwa', 'gradnorm', 'famo',
                           'geometric_mean'})
 NEEDS_NUM_TASKS = frozenset({'nash_mtl', 'gradvac', 'ema_weighting',
                              'uncertainty_weighting', 'dwa', 'gradnorm',
-                             'famo', 'moco'})
+                             'famo', 'moco', 'excess_mtl'})
 
 
-# Methods whose state holds a per-task copy of the gradients (shaped like
-# the parameters: `init` needs them, so parameter level only) and whose update
-# follows that tracked copy rather than the current gradients.
-TRACKS_GRADIENTS = frozenset({'moco'})
+# Methods whose state holds per-task statistics of the gradients (a tracked
+# copy, accumulated squares: shaped like the parameters, so `init` needs them
+# and they run at the parameter level only); the update may follow that
+# tracked copy rather than the current gradients.
+TRACKS_GRADIENTS = frozenset({'moco', 'excess_mtl'})
 
 
 # Methods that take task preferences (linear scalarization calls them

@@ -364,6 +364,17 @@ CASES = {
             (dict(gamma_decay=-1.), ValueError,
              ('moco: gamma_decay must be >= 0', 'got -1.0')),
         ]),
+    'excess_mtl': (
+        _with_tasks(mtl.excess_mtl),
+        _prefixed('excess_mtl', NUM_TASKS_CASES) + [
+            (dict(num_tasks=None), TypeError,
+             ('excess_mtl keeps one value per task',)),
+            (dict(robust_step_size=0.), ValueError,
+             ('excess_mtl: robust_step_size must be > 0', 'got 0.0')),
+            (dict(robust_step_size=INF), ValueError,
+             ('excess_mtl: robust_step_size must be finite and > 0',
+              'got inf')),
+        ]),
 }
 
 LINESEARCH_CASES = [

@@ -57,7 +57,7 @@ GROUPS = (
      'Methods whose state tracks per-task gradients across steps (a copy '
      'of the stacked gradients: ``init`` needs the parameters; parameter '
      'level only).',
-     ('moco',)),
+     ('moco', 'excess_mtl')),
     ('Loss-based weighting',
      'Coefficients from the task losses: pass them at every update, '
      '``tx.update(grads, state, params, losses=losses)``.',
@@ -106,6 +106,7 @@ WEIGHTINGS = {
     'geometric_mean': ('mtl_optax.weightings.loss_based.geometric_mean',),
     'moco': ('mtl_optax.weightings.moco',
              'mtl_optax.weightings.project_to_simplex'),
+    'excess_mtl': ('mtl_optax.weightings.excess_mtl',),
 }
 
 

@@ -35,6 +35,7 @@ file                        methods
 ``famo``                    ``famo`` (FAMO)
 ``geometric_mean``          ``geometric_mean`` (GLS)
 ``moco``                    ``moco`` (MoCo)
+``excess_mtl``              ``excess_mtl`` (ExcessMTL)
 ==========================  ==============================================
 
 The layering has no import circle: ``gramians``, ``active_set``,

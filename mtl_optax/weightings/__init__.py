@@ -32,6 +32,7 @@ from mtl_optax.methods.conflict_free import (
 from mtl_optax.methods.dual_cone import dualproj_weights as dualproj
 from mtl_optax.methods.dual_cone import project_to_dual_cone
 from mtl_optax.methods.dual_cone import upgrad_weights as upgrad
+from mtl_optax.methods.excess_mtl import excess_mtl_weights as excess_mtl
 from mtl_optax.methods.gradvac import gradvac_weights as gradvac
 from mtl_optax.methods.imtl import imtl_g_weights as imtl_g
 from mtl_optax.methods.linear_scalarization import linear
@@ -55,6 +56,7 @@ __all__ = [
     'cagrad',
     'conflict_free',
     'dualproj',
+    'excess_mtl',
     'fairgrad',
     'gradvac',
     'imtl_g',
