@@ -66,6 +66,7 @@ from mtl_optax.methods.mgda import mgda
 from mtl_optax.methods.moco import moco
 from mtl_optax.methods.pcgrad import pcgrad
 from mtl_optax.methods.random_weighting import random_weighting
+from mtl_optax.methods.stch import stch
 from mtl_optax.methods.uncertainty_weighting import uncertainty_weighting
 from mtl_optax.registry import available
 from mtl_optax.registry import get_aggregator
@@ -119,6 +120,7 @@ __all__ = [
     'resolve_shared_mask',
     'sharding',
     'stack_tasks',
+    'stch',
     'uncertainty_weighting',
     'upgrad',
     'value_and_jacobian',

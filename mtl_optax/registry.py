@@ -38,6 +38,7 @@ from mtl_optax.methods import mgda
 from mtl_optax.methods import moco
 from mtl_optax.methods import pcgrad
 from mtl_optax.methods import random_weighting
+from mtl_optax.methods import stch
 from mtl_optax.methods import uncertainty_weighting
 
 # Every method: its name and its factory (the module is its file in
@@ -64,6 +65,7 @@ _FACTORIES: dict[str, Callable[..., aggregating.Aggregator]] = {
     'gradnorm': gradnorm.gradnorm,
     'famo': famo.famo,
     'geometric_mean': geometric_mean.geometric_mean,
+    'stch': stch.stch,
     'moco': moco.moco,
     'excess_mtl': excess_mtl.excess_mtl,
 }
@@ -75,9 +77,10 @@ _RENAMED = {'config': 'conflict_free'}
 # Methods whose update needs `losses=`, and those whose factory needs
 # `num_tasks=` (their state holds one value per task).
 NEEDS_LOSSES = frozenset({'uncertainty_weighting', 'dwa', 'gradnorm', 'famo',
-                          'geometric_mean'})
+                          'geometric_mean', 'stch'})
 NEEDS_NUM_TASKS = frozenset({'nash_mtl', 'gradvac', 'ema_weighting',
                              'uncertainty_weighting', 'dwa', 'gradnorm',
+                             'stch',
                              'famo', 'moco', 'excess_mtl'})
 
 

@@ -28,12 +28,12 @@ from mtl_optax import registry
 NAMES = mtl.available()
 EXPECTED_NAMES = (
     'aligned_mtl', 'cagrad', 'conflict_free', 'dualproj', 'dwa',
-    'ema_weighting', 'fairgrad', 'famo', 'geometric_mean', 'graddrop',
-    'gradnorm', 'gradvac', 'imtl_g', 'linear_scalarization', 'mamg', 'mgda',
-    'nash_mtl', 'pcgrad', 'random_weighting', 'uncertainty_weighting',
-    'upgrad')
+    'ema_weighting', 'excess_mtl', 'fairgrad', 'famo', 'geometric_mean',
+    'graddrop', 'gradnorm', 'gradvac', 'imtl_g', 'linear_scalarization',
+    'mamg', 'mgda', 'moco', 'nash_mtl', 'pcgrad', 'random_weighting', 'stch',
+    'uncertainty_weighting', 'upgrad')
 LOSS_BASED = ('dwa', 'famo', 'geometric_mean', 'gradnorm',
-              'uncertainty_weighting')
+              'uncertainty_weighting', 'stch')
 # Task-specific leaves get Σ c_t g_t (the loss weights / random weights);
 # for every other method they get the plain sum Σ g_t (preferences = 1).
 HEAD_GETS_COEFFICIENTS = LOSS_BASED + ('random_weighting',)
@@ -560,6 +560,7 @@ def test_shared_mask(name):
       'uncertainty_weighting': np.full(3, 0.5),
       'geometric_mean': np.exp(np.mean(np.log(losses))) / (3 * losses),
       'famo': (1 / losses) / np.sum(1 / losses),
+      'stch': np.full(3, 1 / 3),   # z* = L at the first call
   }
   if name in expected:
     np.testing.assert_allclose(c, expected[name], rtol=1e-5)

@@ -300,6 +300,21 @@ CASES = {
             (dict(leak=NAN), ValueError,
              ('graddrop: leak must be finite and in [0, 1]', 'got nan')),
         ]),
+    'stch': (
+        _with_tasks(mtl.stch),
+        _prefixed('stch', NUM_TASKS_CASES + TRACK_CASES) + [
+            (dict(num_tasks=None), TypeError,
+             ('stch keeps one value per task',)),
+            (dict(mu=0.), ValueError, ('stch: mu must be > 0', 'got 0.0')),
+            (dict(mu=INF), ValueError,
+             ('stch: mu must be finite and > 0', 'got inf')),
+            (dict(preferences=[1., -1., 1.]), ValueError,
+             ('stch: preferences must be non-negative', '-1.')),
+            (dict(ideal_point=jnp.zeros(2)), ValueError,
+             ('stch: `ideal_point` has shape (2,); expected (3,)',)),
+            (dict(ideal_point=jnp.array([0., NAN, 0.])), ValueError,
+             ('stch: `ideal_point` has NaN/Inf entries',)),
+        ]),
     'uncertainty_weighting': (
         _with_tasks(mtl.uncertainty_weighting),
         _prefixed('uncertainty_weighting', NUM_TASKS_CASES + TRACK_CASES) + [

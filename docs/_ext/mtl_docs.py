@@ -61,7 +61,8 @@ GROUPS = (
     ('Loss-based weighting',
      'Coefficients from the task losses: pass them at every update, '
      '``tx.update(grads, state, params, losses=losses)``.',
-     ('uncertainty_weighting', 'dwa', 'gradnorm', 'famo', 'geometric_mean')),
+     ('uncertainty_weighting', 'dwa', 'gradnorm', 'famo', 'geometric_mean',
+      'stch')),
 )
 
 # The weighting functions behind each factory (full dotted names), or a
@@ -107,6 +108,7 @@ WEIGHTINGS = {
     'moco': ('mtl_optax.weightings.moco',
              'mtl_optax.weightings.project_to_simplex'),
     'excess_mtl': ('mtl_optax.weightings.excess_mtl',),
+    'stch': ('mtl_optax.weightings.stch',),
 }
 
 

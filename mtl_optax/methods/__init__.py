@@ -36,6 +36,7 @@ file                        methods
 ``geometric_mean``          ``geometric_mean`` (GLS)
 ``moco``                    ``moco`` (MoCo)
 ``excess_mtl``              ``excess_mtl`` (ExcessMTL)
+``stch``                    ``stch`` (STCH)
 ==========================  ==============================================
 
 The layering has no import circle: ``gramians``, ``active_set``,

@@ -50,6 +50,7 @@ from mtl_optax.methods.moco import moco_weights as moco
 from mtl_optax.methods.moco import project_to_simplex
 from mtl_optax.methods.pcgrad import pcgrad_weights as pcgrad
 from mtl_optax.methods.pcgrad import random_orders
+from mtl_optax.methods.stch import stch_weights as stch
 from mtl_optax.weightings import loss_based
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     'fairgrad',
     'gradvac',
     'imtl_g',
+    'stch',
     'active_set',
     'loss_based',
     'nash_mtl',
