@@ -60,6 +60,7 @@ from mtl_optax.methods.graddrop import graddrop
 from mtl_optax.methods.gradnorm import gradnorm
 from mtl_optax.methods.gradvac import gradvac
 from mtl_optax.methods.imtl import imtl_g
+from mtl_optax.methods.imtl_hybrid import imtl
 from mtl_optax.methods.linear_scalarization import linear_scalarization
 from mtl_optax.methods.mamg import mamg
 from mtl_optax.methods.mgda import mgda
@@ -98,6 +99,7 @@ __all__ = [
     'gradvac',
     'gramian',
     'gramian_direction',
+    'imtl',
     'imtl_g',
     'jacobian_free_grads',
     'jacobian_free_gramian',

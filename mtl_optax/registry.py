@@ -32,6 +32,7 @@ from mtl_optax.methods import graddrop
 from mtl_optax.methods import gradnorm
 from mtl_optax.methods import gradvac
 from mtl_optax.methods import imtl
+from mtl_optax.methods import imtl_hybrid
 from mtl_optax.methods import linear_scalarization
 from mtl_optax.methods import mamg
 from mtl_optax.methods import mgda
@@ -66,6 +67,7 @@ _FACTORIES: dict[str, Callable[..., aggregating.Aggregator]] = {
     'famo': famo.famo,
     'geometric_mean': geometric_mean.geometric_mean,
     'stch': stch.stch,
+    'imtl': imtl_hybrid.imtl,
     'moco': moco.moco,
     'excess_mtl': excess_mtl.excess_mtl,
 }
@@ -77,10 +79,10 @@ _RENAMED = {'config': 'conflict_free'}
 # Methods whose update needs `losses=`, and those whose factory needs
 # `num_tasks=` (their state holds one value per task).
 NEEDS_LOSSES = frozenset({'uncertainty_weighting', 'dwa', 'gradnorm', 'famo',
-                          'geometric_mean', 'stch'})
+                          'geometric_mean', 'stch', 'imtl'})
 NEEDS_NUM_TASKS = frozenset({'nash_mtl', 'gradvac', 'ema_weighting',
                              'uncertainty_weighting', 'dwa', 'gradnorm',
-                             'stch',
+                             'stch', 'imtl',
                              'famo', 'moco', 'excess_mtl'})
 
 

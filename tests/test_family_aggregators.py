@@ -29,14 +29,16 @@ NAMES = mtl.available()
 EXPECTED_NAMES = (
     'aligned_mtl', 'cagrad', 'conflict_free', 'dualproj', 'dwa',
     'ema_weighting', 'excess_mtl', 'fairgrad', 'famo', 'geometric_mean',
-    'graddrop', 'gradnorm', 'gradvac', 'imtl_g', 'linear_scalarization',
-    'mamg', 'mgda', 'moco', 'nash_mtl', 'pcgrad', 'random_weighting', 'stch',
-    'uncertainty_weighting', 'upgrad')
+    'graddrop', 'gradnorm', 'gradvac', 'imtl', 'imtl_g',
+    'linear_scalarization', 'mamg', 'mgda', 'moco', 'nash_mtl', 'pcgrad',
+    'random_weighting', 'stch', 'uncertainty_weighting', 'upgrad')
 LOSS_BASED = ('dwa', 'famo', 'geometric_mean', 'gradnorm',
-              'uncertainty_weighting', 'stch')
+              'uncertainty_weighting', 'stch', 'imtl')
 # Task-specific leaves get Σ c_t g_t (the loss weights / random weights);
 # for every other method they get the plain sum Σ g_t (preferences = 1).
-HEAD_GETS_COEFFICIENTS = LOSS_BASED + ('random_weighting',)
+# (IMTL's heads take their scaled losses' gradients, e^s = 1 at first.)
+HEAD_GETS_COEFFICIENTS = tuple(n for n in LOSS_BASED if n != 'imtl') + (
+    'random_weighting',)
 # A PRNG key in the state.
 RANDOM = ('graddrop', 'gradvac', 'mamg', 'pcgrad', 'random_weighting')
 # Tested at T = 1 and in bf16 by test_aggregators.py.

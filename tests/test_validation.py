@@ -315,6 +315,15 @@ CASES = {
             (dict(ideal_point=jnp.array([0., NAN, 0.])), ValueError,
              ('stch: `ideal_point` has NaN/Inf entries',)),
         ]),
+    'imtl': (
+        _with_tasks(mtl.imtl),
+        _prefixed('imtl', NUM_TASKS_CASES + TRACK_CASES) + [
+            (dict(num_tasks=None), TypeError,
+             ('imtl keeps one value per task',)),
+            (dict(optimizer='adam'), TypeError,
+             ('imtl: optimizer must be None or an Optax '
+              'GradientTransformation', "got 'adam'")),
+        ]),
     'uncertainty_weighting': (
         _with_tasks(mtl.uncertainty_weighting),
         _prefixed('uncertainty_weighting', NUM_TASKS_CASES + TRACK_CASES) + [

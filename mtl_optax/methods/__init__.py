@@ -21,6 +21,7 @@ file                        methods
 ``pcgrad``                  ``pcgrad`` (PCGrad)
 ``mamg``                    ``mamg`` (MAMG)
 ``imtl``                    ``imtl_g`` (IMTL-G)
+``imtl_hybrid``             ``imtl`` (IMTL: IMTL-L's scales + IMTL-G)
 ``cagrad``                  ``cagrad`` (CAGrad)
 ``bargaining``              ``nash_mtl`` (Nash-MTL), ``fairgrad`` (FairGrad)
 ``dual_cone``               ``upgrad`` (UPGrad), ``dualproj`` (DualProj)

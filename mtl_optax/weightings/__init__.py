@@ -35,6 +35,8 @@ from mtl_optax.methods.dual_cone import upgrad_weights as upgrad
 from mtl_optax.methods.excess_mtl import excess_mtl_weights as excess_mtl
 from mtl_optax.methods.gradvac import gradvac_weights as gradvac
 from mtl_optax.methods.imtl import imtl_g_weights as imtl_g
+from mtl_optax.methods.imtl_hybrid import imtl_log_scales_grad
+from mtl_optax.methods.imtl_hybrid import imtl_weights as imtl
 from mtl_optax.methods.linear_scalarization import linear
 from mtl_optax.methods.mamg import CLIPS as mamg_clips
 from mtl_optax.methods.mamg import mamg_draws
@@ -61,6 +63,8 @@ __all__ = [
     'fairgrad',
     'gradvac',
     'imtl_g',
+    'imtl',
+    'imtl_log_scales_grad',
     'stch',
     'active_set',
     'loss_based',
