@@ -47,6 +47,7 @@ from mtl_optax.methods.aligned_mtl import aligned_mtl
 from mtl_optax.methods.bargaining import fairgrad
 from mtl_optax.methods.bargaining import nash_mtl
 from mtl_optax.methods.cagrad import cagrad
+from mtl_optax.methods.db_mtl import db_mtl
 from mtl_optax.methods.conflict_free import config
 from mtl_optax.methods.conflict_free import conflict_free
 from mtl_optax.methods.dual_cone import dualproj
@@ -82,6 +83,7 @@ __all__ = [
     'backtracking_linesearch',
     'cagrad',
     'combine',
+    'db_mtl',
     'conflict_free',
     'diagnostics',
     'Diagnostics',

@@ -21,6 +21,7 @@ from mtl_optax import _checks
 from mtl_optax.methods import aligned_mtl
 from mtl_optax.methods import bargaining
 from mtl_optax.methods import cagrad
+from mtl_optax.methods import db_mtl
 from mtl_optax.methods import conflict_free
 from mtl_optax.methods import dual_cone
 from mtl_optax.methods import dwa
@@ -67,6 +68,7 @@ _FACTORIES: dict[str, Callable[..., aggregating.Aggregator]] = {
     'famo': famo.famo,
     'geometric_mean': geometric_mean.geometric_mean,
     'stch': stch.stch,
+    'db_mtl': db_mtl.db_mtl,
     'imtl': imtl_hybrid.imtl,
     'moco': moco.moco,
     'excess_mtl': excess_mtl.excess_mtl,
@@ -79,10 +81,10 @@ _RENAMED = {'config': 'conflict_free'}
 # Methods whose update needs `losses=`, and those whose factory needs
 # `num_tasks=` (their state holds one value per task).
 NEEDS_LOSSES = frozenset({'uncertainty_weighting', 'dwa', 'gradnorm', 'famo',
-                          'geometric_mean', 'stch', 'imtl'})
+                          'geometric_mean', 'stch', 'db_mtl', 'imtl'})
 NEEDS_NUM_TASKS = frozenset({'nash_mtl', 'gradvac', 'ema_weighting',
                              'uncertainty_weighting', 'dwa', 'gradnorm',
-                             'stch', 'imtl',
+                             'stch', 'db_mtl', 'imtl',
                              'famo', 'moco', 'excess_mtl'})
 
 
@@ -90,7 +92,7 @@ NEEDS_NUM_TASKS = frozenset({'nash_mtl', 'gradvac', 'ema_weighting',
 # copy, accumulated squares: shaped like the parameters, so `init` needs them
 # and they run at the parameter level only); the update may follow that
 # tracked copy rather than the current gradients.
-TRACKS_GRADIENTS = frozenset({'moco', 'excess_mtl'})
+TRACKS_GRADIENTS = frozenset({'moco', 'db_mtl', 'excess_mtl'})
 
 
 # Methods that take task preferences (linear scalarization calls them

@@ -27,13 +27,13 @@ from mtl_optax import registry
 
 NAMES = mtl.available()
 EXPECTED_NAMES = (
-    'aligned_mtl', 'cagrad', 'conflict_free', 'dualproj', 'dwa',
+    'aligned_mtl', 'cagrad', 'conflict_free', 'db_mtl', 'dualproj', 'dwa',
     'ema_weighting', 'excess_mtl', 'fairgrad', 'famo', 'geometric_mean',
     'graddrop', 'gradnorm', 'gradvac', 'imtl', 'imtl_g',
     'linear_scalarization', 'mamg', 'mgda', 'moco', 'nash_mtl', 'pcgrad',
     'random_weighting', 'stch', 'uncertainty_weighting', 'upgrad')
 LOSS_BASED = ('dwa', 'famo', 'geometric_mean', 'gradnorm',
-              'uncertainty_weighting', 'stch', 'imtl')
+              'uncertainty_weighting', 'stch', 'db_mtl', 'imtl')
 # Task-specific leaves get Σ c_t g_t (the loss weights / random weights);
 # for every other method they get the plain sum Σ g_t (preferences = 1).
 # (IMTL's heads take their scaled losses' gradients, e^s = 1 at first.)

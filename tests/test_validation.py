@@ -315,6 +315,18 @@ CASES = {
             (dict(ideal_point=jnp.array([0., NAN, 0.])), ValueError,
              ('stch: `ideal_point` has NaN/Inf entries',)),
         ]),
+    'db_mtl': (
+        _with_tasks(mtl.db_mtl),
+        _prefixed('db_mtl', NUM_TASKS_CASES + TRACK_CASES) + [
+            (dict(num_tasks=None), TypeError,
+             ('db_mtl keeps one value per task',)),
+            (dict(beta=1.), ValueError,
+             ('db_mtl: beta must be in [0, 1)', 'got 1.0')),
+            (dict(beta=-0.1), ValueError,
+             ('db_mtl: beta must be in [0, 1)', 'got -0.1')),
+            (dict(beta_sigma=-1.), ValueError,
+             ('db_mtl: beta_sigma must be >= 0', 'got -1.0')),
+        ]),
     'imtl': (
         _with_tasks(mtl.imtl),
         _prefixed('imtl', NUM_TASKS_CASES + TRACK_CASES) + [

@@ -62,7 +62,7 @@ GROUPS = (
      'Coefficients from the task losses: pass them at every update, '
      '``tx.update(grads, state, params, losses=losses)``.',
      ('uncertainty_weighting', 'dwa', 'gradnorm', 'famo', 'geometric_mean',
-      'stch', 'imtl')),
+      'stch', 'db_mtl', 'imtl')),
 )
 
 # The weighting functions behind each factory (full dotted names), or a
@@ -109,6 +109,7 @@ WEIGHTINGS = {
              'mtl_optax.weightings.project_to_simplex'),
     'excess_mtl': ('mtl_optax.weightings.excess_mtl',),
     'stch': ('mtl_optax.weightings.stch',),
+    'db_mtl': ('mtl_optax.weightings.db_mtl',),
     'imtl': ('mtl_optax.weightings.imtl',
              'mtl_optax.weightings.imtl_log_scales_grad'),
 }

@@ -38,6 +38,7 @@ file                        methods
 ``moco``                    ``moco`` (MoCo)
 ``excess_mtl``              ``excess_mtl`` (ExcessMTL)
 ``stch``                    ``stch`` (STCH)
+``db_mtl``                  ``db_mtl`` (DB-MTL)
 ==========================  ==============================================
 
 The layering has no import circle: ``gramians``, ``active_set``,

@@ -27,6 +27,7 @@ from mtl_optax.methods.bargaining import nash_mtl_weights as nash_mtl
 from mtl_optax.methods.bargaining import solve_power_balance
 from mtl_optax.methods.cagrad import cagrad_weights as cagrad
 from mtl_optax.methods.conflict_free import config_weights as config
+from mtl_optax.methods.db_mtl import db_mtl_weights as db_mtl
 from mtl_optax.methods.conflict_free import (
     conflict_free_weights as conflict_free)
 from mtl_optax.methods.dual_cone import dualproj_weights as dualproj
@@ -65,6 +66,7 @@ __all__ = [
     'imtl_g',
     'imtl',
     'imtl_log_scales_grad',
+    'db_mtl',
     'stch',
     'active_set',
     'loss_based',

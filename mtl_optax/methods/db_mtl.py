@@ -1,0 +1,193 @@
+"""DB-MTL, Dual-Balancing Multi-Task Learning (Lin et al., 2023).
+
+Two balancings. Loss scales: each task descends ``log L_t`` instead of
+``L_t``, whose gradient is ``ĝ_t = g_t / (L_t + ε)``. Gradient magnitudes:
+each task keeps an exponential moving average of its log-loss gradient::
+
+    m_t(k) = β_k m_t(k-1) + (1 - β_k) ĝ_t(k),    β_k = β / k^σ,   m(0) = 0,
+
+and the shared update is every average rescaled to the largest norm::
+
+    d = Σ_t α_t m_t(k),    α_t = max_s ‖m_s(k)‖ / ‖m_t(k)‖
+
+(``α_t = 0`` where ``m_t(k) = 0``).
+
+Readings: the paper states the EMA and the max-norm rescaling; ``β_k = β /
+k^σ``, ``m(0) = 0`` (no bias correction), ``ε = 1e-8`` in ``L_t + ε`` and
+the defaults ``β = 0.9``, ``σ = 0`` are those of the authors' implementation in LibMTL
+(``DB_beta``, ``DB_beta_sigma``). The task-specific leaves (``shared``
+False) take the plain log-loss gradients ``Σ_t ĝ_t`` (they are not
+rescaled); the norms are over the shared leaves. LibMTL divides by
+``‖m_t‖ + ε``; here a zero average gets ``α_t = 0`` and any other the exact
+ratio, so tiny gradients are not flattened to zero. The averages ``m`` live in
+the state: ``T`` copies of the parameters.
+
+References:
+  Lin, Jiang, Ye, Zhang, Chen, Chen, Liu & Kwok, "Dual-Balancing for
+  Multi-Task Learning", arXiv:2308.12029, 2023.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from optax.experimental import aggregating
+
+from mtl_optax import _checks
+from mtl_optax import gramians as gram_lib
+from mtl_optax.methods._core import Proposal
+from mtl_optax.methods._core import _build
+from mtl_optax.methods._core import _losses
+from mtl_optax.methods._core import _require_num_tasks
+from mtl_optax.methods._core import leaves_finite
+
+EPS = 1e-8
+
+
+class DbMtlState(NamedTuple):
+  """DB-MTL's own state: ``ema`` holds the per-task averages ``m`` of the
+  log-loss gradients (the parameters' structure with a leading ``T`` axis;
+  ``()`` until ``init`` has seen the parameters), ``count`` the steps taken
+  (``k - 1``)."""
+  ema: Any
+  count: jax.Array
+
+
+def db_mtl_weights(norms: jax.Array) -> jax.Array:
+  """DB-MTL's rescaling ``α_t = max_s ‖m_s‖ / ‖m_t‖`` (0 for a zero norm).
+
+  Args:
+    norms: ``[T]`` norms of the averaged log-loss gradients.
+
+  Returns:
+    ``[T]`` factors (the largest-norm task gets about 1).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mtl_optax import weightings
+    >>> [round(x, 4) for x in weightings.db_mtl(jnp.array([2., 1.])).tolist()]
+    [1.0, 2.0]
+  """
+  return jnp.where(norms > 0, jnp.max(norms) / jnp.where(norms > 0, norms, 1),
+                   0)
+
+
+def db_mtl_decay(step: jax.Array, beta: float, beta_sigma: float,
+                 dtype=jnp.float32) -> jax.Array:
+  """The average's decay ``β_k = β / k^σ`` at step ``k >= 1``."""
+  return beta / jnp.asarray(step).astype(dtype) ** beta_sigma
+
+
+def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, *,
+           num_tasks: int | None = None,
+           shared: gram_lib.SharedMask = None,
+           track_diagnostics: bool = True) -> aggregating.Aggregator:
+  """DB-MTL (Lin et al., 2023): log losses and max-norm gradient balancing.
+
+  Each task's log-loss gradient ``g_t / (L_t + ε)`` enters an average
+  ``m_t ← β_k m_t + (1 - β_k) g_t / (L_t + ε)`` (``β_k = β / k^σ``); the
+  shared update is ``Σ_t α_t m_t`` with ``α_t = max_s ‖m_s‖ / ‖m_t‖``, so
+  every task contributes the largest average norm. The task-specific leaves
+  take ``Σ_t g_t / (L_t + ε)``. See the module docstring for the readings
+  (the defaults are those of the authors' LibMTL code).
+
+  Cost: one pass over the ``T`` gradients for the averages and their norms,
+  one weighted sum (and a Gramian for the diagnostics if tracked); the
+  state holds ``T`` copies of the parameters.
+
+  Args:
+    beta: the average's decay ``β`` in ``[0, 1)`` (0: no averaging).
+    beta_sigma: ``σ >= 0``: the decay shrinks as ``β / k^σ``.
+    num_tasks: ``T`` (required).
+    shared: which leaves are shared.
+    track_diagnostics: compute the Gramian for the diagnostics.
+
+  Returns:
+    An ``Aggregator`` whose update takes ``losses=``; ``inner`` state is a
+    ``DbMtlState``; ``weights`` records ``α``.
+
+  Raises:
+    TypeError: without ``num_tasks``, or for arguments of the wrong type.
+    ValueError: for ``beta`` outside ``[0, 1)``, a negative ``beta_sigma``
+      (either non-finite) or ``num_tasks < 1``.
+
+  Example:
+    >>> import jax.numpy as jnp, mtl_optax as mtl
+    >>> tx = mtl.db_mtl(beta=0.0, num_tasks=2)
+    >>> params = {'w': jnp.zeros(2)}
+    >>> grads = {'w': jnp.array([[4., 0.], [0., 1.]])}
+    >>> state = tx.init(params)
+    >>> d, state = tx.update(grads, state, params, losses=jnp.array([2., 1.]))
+    >>> [round(x, 4) for x in d['w'].tolist()]   # log grads (2, 0), (0, 1)
+    [2.0, 2.0]
+  """
+  name = 'db_mtl'
+  t = _require_num_tasks(name, num_tasks)
+  _checks.check_in_range(
+      'beta', beta, 0.0, 1.0, high_open=True, method=name,
+      hint='the decay of the gradient averages; the authors use 0.9, 0 '
+      'uses the current gradients only')
+  _checks.check_non_negative(
+      'beta_sigma', beta_sigma, method=name,
+      hint='the decay shrinks as beta / k**beta_sigma; the authors use 0 '
+      '(constant)')
+  _checks.check_bool('track_diagnostics', track_diagnostics, method=name)
+
+  def direction_fn(grads, inner, extra):
+    losses = _losses(extra, name, gram_lib.num_tasks(grads))
+    mask = gram_lib.resolve_shared_mask(shared, grads)
+    gram_hat = (gram_lib.normalized_gramian(grads, mask)[0]
+                if track_diagnostics else None)
+    inv = 1 / (losses + EPS)
+    decay = db_mtl_decay(inner.count + 1, beta, beta_sigma, losses.dtype)
+
+    def average(m, g):
+      acc = gram_lib.accumulation_dtype(g.dtype)
+      log_grad = g.astype(acc) * inv.astype(acc).reshape(
+          (-1,) + (1,) * (g.ndim - 1))
+      return (decay.astype(acc) * m.astype(acc)
+              + (1 - decay.astype(acc)) * log_grad)
+
+    ema = jax.tree.map(average, inner.ema, grads)
+    shared_ema = [m for m, s in zip(jax.tree.leaves(ema),
+                                    jax.tree.leaves(mask)) if s]
+    # Norms scaled by the largest entry first (tiny or huge gradients
+    # neither underflow nor overflow when squared).
+    top = functools.reduce(jnp.maximum, (jnp.max(jnp.abs(m)).astype(
+        losses.dtype) for m in shared_ema), jnp.zeros((), losses.dtype))
+    top = jnp.where(top > 0, top, 1)
+    squares = sum((jnp.sum(jnp.square(m.astype(losses.dtype) / top
+                                      ).reshape(t, -1), axis=1)
+                   for m in shared_ema), jnp.zeros((t,), losses.dtype))
+    norms = top * jnp.sqrt(squares)
+    alpha = db_mtl_weights(norms)
+
+    def combine():
+      def one(m, g, is_shared):
+        acc = gram_lib.accumulation_dtype(g.dtype)
+        c, leaf = (alpha, m) if is_shared else (inv, g)
+        return jnp.tensordot(c.astype(acc), leaf.astype(acc),
+                             axes=1).astype(g.dtype)
+      return jax.tree.map(one, ema, grads, mask)
+
+    inputs_ok = jnp.all(jnp.isfinite(losses)) & leaves_finite(grads)
+    new = DbMtlState(jax.tree.map(lambda m, o: m.astype(o.dtype), ema,
+                                  inner.ema), inner.count + 1)
+    return Proposal(alpha, gram_hat, new, inputs_ok, combine)
+
+  built = _build(direction_fn, num_tasks=t, preferences=None,
+                 init_inner=lambda: DbMtlState((), jnp.zeros((), jnp.int32)),
+                 track_diagnostics=track_diagnostics)
+
+  def init_fn(params):
+    state = built.init(params)
+    ema = jax.tree.map(
+        lambda p: jnp.zeros((t,) + jnp.shape(p),
+                            gram_lib.accumulation_dtype(jnp.asarray(p).dtype)),
+        params)
+    return state._replace(inner=DbMtlState(ema, state.inner.count))
+
+  return aggregating.Aggregator(init_fn, built.update)
