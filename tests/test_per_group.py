@@ -16,7 +16,7 @@ from mtl_optax.methods import _core
 
 T = 3
 METHODS = ['aligned_mtl', 'mgda', 'upgrad', 'imtl_g', 'cagrad', 'dualproj',
-           'conflict_free', 'fairgrad']
+           'conflict_free', 'fairgrad', 'pcgrad']
 
 
 def _dtype():
@@ -120,7 +120,7 @@ def test_leaf_equals_each_leaf_alone(name, jit):
 
 
 @pytest.mark.parametrize('name', ['aligned_mtl', 'mgda', 'upgrad', 'imtl_g',
-                                  'cagrad'])
+                                  'cagrad', 'pcgrad'])
 def test_callable_equals_each_group_alone(name):
   grads = _grads(1)
   tx = getattr(mtl, name)(shared=SHARED, num_tasks=T, per_group=_by_module)
@@ -242,6 +242,31 @@ def test_stateful_weighting_raises_naming_the_fix():
   tx = _core._build(direction, num_tasks=None, preferences=None,
                     init_inner=lambda: jnp.zeros(()))
   with pytest.raises(ValueError, match='my_method.*without state.*None'):
+    tx.update(_grads(), tx.init(None))
+
+
+def test_pcgrad_groups_share_the_key():
+  """pcgrad's key advances once per step, as without groups, and every
+  group draws the same orders (the reference runs each group from the same
+  seed)."""
+  grads = _grads(5)
+  a = mtl.pcgrad(shared=SHARED, num_tasks=T, per_group=_by_module, seed=3)
+  b = mtl.pcgrad(shared=SHARED, num_tasks=T, seed=3)
+  sa, sb = a.init(None), b.init(None)
+  for _ in range(2):
+    _, sa = jax.jit(a.update)(grads, sa)
+    _, sb = b.update(grads, sb)
+  np.testing.assert_array_equal(np.asarray(sa.inner), np.asarray(sb.inner))
+
+
+def test_stateful_method_raises():
+  with pytest.raises(ValueError, match='gradvac.*without state'):
+    direction = _core.gramian_direction(
+        lambda k, scale, inner, extra: (jnp.ones(k.shape[0]), inner),
+        per_group='leaf', method='gradvac')
+    tx = _core._build(direction, num_tasks=T, preferences=None,
+                      init_inner=lambda: (jax.random.PRNGKey(0),
+                                          jnp.zeros((T, T))))
     tx.update(_grads(), tx.init(None))
 
 

@@ -286,6 +286,7 @@ def gramian_direction(
     heads_follow_coefficients: bool = False,
     heads_reduction: str = 'sum',
     per_group: gram_lib.PerGroup = None,
+    shared_key_state: bool = False,
     method: str = 'gramian_direction',
 ) -> DirectionFn:
   """A direction function from a weighting ``(K_hat, scale, inner, extra) ->
@@ -317,8 +318,13 @@ def gramian_direction(
       get ``Σ_t c_{g,t} g_t``; task-specific leaves are unchanged. The
       state's ``weights`` are then the mean over the groups of the ``[G, T]``
       coefficients and ``diagnostics`` those of the whole shared Gramian.
-      Only for weightings without state (a method with PRNG keys, EMAs or
-      learned weights raises ValueError at its first update).
+      Only for weightings without state, or whose state is a PRNG key
+      (``shared_key_state``; a method with EMAs, warm starts or learned
+      weights raises ValueError at its first update).
+    shared_key_state: with ``per_group``, the method's state is a PRNG key
+      that ``coefficients_fn`` only advances (independently of the Gramian):
+      the groups share it, so every group sees the same random draws in a
+      step, and the state advances once per step (e.g. ``pcgrad``).
     method: the factory's name, for error messages.
 
   Returns:
@@ -352,7 +358,8 @@ def gramian_direction(
         coefficients_fn, shared=shared, preferences=preferences,
         scale_degree=scale_degree,
         heads_follow_coefficients=heads_follow_coefficients,
-        heads_reduction=heads_reduction, per_group=per_group, method=method)
+        heads_reduction=heads_reduction, per_group=per_group,
+        shared_key_state=shared_key_state, method=method)
 
   def direction_fn(grads, inner, extra):
     mask = gram_lib.resolve_shared_mask(shared, grads)
@@ -376,25 +383,28 @@ def gramian_direction(
 
 def _per_group_direction(coefficients_fn, *, shared, preferences,
                          scale_degree, heads_follow_coefficients,
-                         heads_reduction, per_group, method) -> DirectionFn:
+                         heads_reduction, per_group, shared_key_state,
+                         method) -> DirectionFn:
   """``gramian_direction`` with ``per_group``: the ``[G, T, T]`` Gramians of
   the groups in one pass, the weighting vmapped over the groups, each group's
   leaves combined with its own coefficients."""
 
   def direction_fn(grads, inner, extra):
-    if jax.tree.leaves(inner):
+    if jax.tree.leaves(inner) and not shared_key_state:
       raise ValueError(
           f'{method}: per_group needs a weighting without state (one '
           'Gramian per group would need one state per group: PRNG keys, '
           'EMAs, learned weights); this one has state. Use per_group=None, '
-          'or a stateless method (aligned_mtl, mgda, upgrad, dualproj, '
-          'imtl_g, cagrad, conflict_free, fairgrad).')
+          'or a method that takes per_group (aligned_mtl, mgda, upgrad, '
+          'dualproj, imtl_g, cagrad, conflict_free, fairgrad, pcgrad).')
     mask = gram_lib.resolve_shared_mask(shared, grads)
     groups, names = gram_lib.leaf_groups(per_group, grads, mask)
     k_hats, scales = gram_lib.normalized_group_gramians(
         grads, mask, groups, len(names))
-    c, _ = jax.vmap(lambda k, s: coefficients_fn(k, s, inner, extra))(
+    c, new_inner = jax.vmap(lambda k, s: coefficients_fn(k, s, inner, extra))(
         k_hats, scales)
+    # The key advanced the same way in every group: keep one copy.
+    new_inner = jax.tree.map(lambda x: x[0], new_inner)
     if scale_degree != 1:
       c = c * (scales ** (scale_degree - 1))[:, None]
     t = k_hats.shape[1]
@@ -412,7 +422,7 @@ def _per_group_direction(coefficients_fn, *, shared, preferences,
     gram_hat = jnp.where(top > 0, total / jnp.where(top > 0, top, 1), total)
     # A NaN/Inf in any group's coefficients reaches their mean.
     return Proposal(
-        coefficients=mean_c, gram_hat=gram_hat, inner=inner,
+        coefficients=mean_c, gram_hat=gram_hat, inner=new_inner,
         inputs_ok=leaves_finite(grads, mask, shared=False) & jnp.all(
             jnp.isfinite(k_hats)),
         combine=lambda: gram_lib.grouped_weighted_sum(c, grads, groups,

@@ -85,7 +85,7 @@ def pcgrad_weights(
 
 def _random_order_aggregator(weighting, preferences, shared, seed, num_tasks,
                              method, draw=random_orders,
-                             heads_reduction='sum'):
+                             heads_reduction='sum', per_group=None):
   """An aggregator whose weighting ``(K, draw(key, T), preferences) -> c``
   needs fresh random draws (visiting orders) every step, from a PRNG key in
   the state."""
@@ -101,7 +101,9 @@ def _random_order_aggregator(weighting, preferences, shared, seed, num_tasks,
 
   direction_fn = gramian_direction(coefficients, shared=shared,
                                    preferences=preferences,
-                                   heads_reduction=heads_reduction)
+                                   heads_reduction=heads_reduction,
+                                   per_group=per_group,
+                                   shared_key_state=True, method=method)
   return _build(direction_fn, num_tasks=num_tasks, preferences=preferences,
                 init_inner=lambda: jax.random.PRNGKey(seed))
 
@@ -110,6 +112,7 @@ def pcgrad(
     preferences: jax.Array | None = None,
     *,
     shared: gram_lib.SharedMask = None,
+    per_group: gram_lib.PerGroup = None,
     seed: int = 0,
     num_tasks: int | None = None,
 ) -> aggregating.Aggregator:
@@ -124,6 +127,11 @@ def pcgrad(
     preferences: ``[T]`` weights of the projected gradients in the sum (and of
       the task-specific leaves); default all ones.
     shared: which leaves are shared.
+    per_group: ``None`` (one Gramian), ``'leaf'`` or ``key_path -> group
+      id``: the projections on each group's Gramian (per layer, as in the
+      paper's per-layer reading), each group's leaves combined with its
+      coefficients (see ``mtl_optax.methods.gramian_direction``). The groups
+      share the PRNG key: the same visiting orders in every group.
     seed: seed of the PRNG key in the state.
     num_tasks: ``T``, to record the coefficients in the state.
 
@@ -136,4 +144,5 @@ def pcgrad(
       all zero, ``num_tasks`` entries) or ``num_tasks < 1``.
   """
   return _random_order_aggregator(pcgrad_weights, preferences, shared,
-                                  seed, num_tasks, 'pcgrad')
+                                  seed, num_tasks, 'pcgrad',
+                                  per_group=per_group)
