@@ -66,8 +66,10 @@ from mtl_optax.methods.linear_scalarization import linear_scalarization
 from mtl_optax.methods.mamg import mamg
 from mtl_optax.methods.mgda import mgda
 from mtl_optax.methods.moco import moco
+from mtl_optax.methods.modo import modo
 from mtl_optax.methods.pcgrad import pcgrad
 from mtl_optax.methods.random_weighting import random_weighting
+from mtl_optax.methods.sdmgrad import sdmgrad
 from mtl_optax.methods.stch import stch
 from mtl_optax.methods.uncertainty_weighting import uncertainty_weighting
 from mtl_optax.registry import available
@@ -112,6 +114,7 @@ __all__ = [
     'metrics',
     'mgda',
     'moco',
+    'modo',
     'nash_mtl',
     'normalized_gramian',
     'num_tasks',
@@ -122,6 +125,7 @@ __all__ = [
     'RepresentationGramians',
     'RepresentationGrads',
     'resolve_shared_mask',
+    'sdmgrad',
     'sharding',
     'stack_tasks',
     'stch',

@@ -38,6 +38,8 @@ from mtl_optax.methods import linear_scalarization
 from mtl_optax.methods import mamg
 from mtl_optax.methods import mgda
 from mtl_optax.methods import moco
+from mtl_optax.methods import modo
+from mtl_optax.methods import sdmgrad
 from mtl_optax.methods import pcgrad
 from mtl_optax.methods import random_weighting
 from mtl_optax.methods import stch
@@ -72,6 +74,8 @@ _FACTORIES: dict[str, Callable[..., aggregating.Aggregator]] = {
     'imtl': imtl_hybrid.imtl,
     'moco': moco.moco,
     'excess_mtl': excess_mtl.excess_mtl,
+    'modo': modo.modo,
+    'sdmgrad': sdmgrad.sdmgrad,
 }
 
 # Former names, still accepted (with a DeprecationWarning) but not listed by
@@ -85,7 +89,8 @@ NEEDS_LOSSES = frozenset({'uncertainty_weighting', 'dwa', 'gradnorm', 'famo',
 NEEDS_NUM_TASKS = frozenset({'nash_mtl', 'gradvac', 'ema_weighting',
                              'uncertainty_weighting', 'dwa', 'gradnorm',
                              'stch', 'db_mtl', 'imtl',
-                             'famo', 'moco', 'excess_mtl'})
+                             'famo', 'moco', 'excess_mtl', 'modo',
+                             'sdmgrad'})
 
 
 # Methods whose state holds per-task statistics of the gradients (a tracked
@@ -93,6 +98,11 @@ NEEDS_NUM_TASKS = frozenset({'nash_mtl', 'gradvac', 'ema_weighting',
 # and they run at the parameter level only); the update may follow that
 # tracked copy rather than the current gradients.
 TRACKS_GRADIENTS = frozenset({'moco', 'db_mtl', 'excess_mtl'})
+
+
+# Methods whose update needs `second_grads=` (and takes `third_grads=`): the
+# stacked per-task gradients of independent batches.
+NEEDS_SECOND_GRADS = frozenset({'modo', 'sdmgrad'})
 
 
 # Methods that take task preferences (linear scalarization calls them

@@ -30,8 +30,9 @@ EXPECTED_NAMES = (
     'aligned_mtl', 'cagrad', 'conflict_free', 'db_mtl', 'dualproj', 'dwa',
     'ema_weighting', 'excess_mtl', 'fairgrad', 'famo', 'geometric_mean',
     'graddrop', 'gradnorm', 'gradvac', 'imtl', 'imtl_g',
-    'linear_scalarization', 'mamg', 'mgda', 'moco', 'nash_mtl', 'pcgrad',
-    'random_weighting', 'stch', 'uncertainty_weighting', 'upgrad')
+    'linear_scalarization', 'mamg', 'mgda', 'moco', 'modo', 'nash_mtl',
+    'pcgrad', 'random_weighting', 'sdmgrad', 'stch', 'uncertainty_weighting',
+    'upgrad')
 LOSS_BASED = ('dwa', 'famo', 'geometric_mean', 'gradnorm',
               'uncertainty_weighting', 'stch', 'db_mtl', 'imtl')
 # Task-specific leaves get Σ c_t g_t (the loss weights / random weights);
@@ -194,6 +195,9 @@ def test_needs_num_tasks(name):
   if name in registry.TRACKS_GRADIENTS:
     pytest.skip('init needs the parameters and the update follows the '
                 "tracked gradients: in the method's own test file")
+  if name in registry.NEEDS_SECOND_GRADS:
+    pytest.skip('the update needs second_grads= (another batch): '
+                "in the method's own test file")
   kwargs = {'weighting': mtl.weightings.mgda} if name == 'ema_weighting' else {}
   with pytest.raises(TypeError, match='num_tasks'):
     mtl.get_aggregator(name, **kwargs)
@@ -226,6 +230,9 @@ def test_jit_chain_and_bad_inputs(name):
   if name in registry.TRACKS_GRADIENTS:
     pytest.skip('init needs the parameters and the update follows the '
                 "tracked gradients: in the method's own test file")
+  if name in registry.NEEDS_SECOND_GRADS:
+    pytest.skip('the update needs second_grads= (another batch): '
+                "in the method's own test file")
   run = _runner(name)
   params = run.params
   init_agg = run.init()[0]
@@ -303,6 +310,9 @@ def test_single_task_bf16(name):
   if name in registry.TRACKS_GRADIENTS:
     pytest.skip('init needs the parameters and the update follows the '
                 "tracked gradients: in the method's own test file")
+  if name in registry.NEEDS_SECOND_GRADS:
+    pytest.skip('the update needs second_grads= (another batch): '
+                "in the method's own test file")
   # T = 1 with bf16 gradients and parameters (one compilation for both
   # cases; the core methods are tested at T = 1 and in bf16 in
   # test_aggregators.py). Every method moves along the task's gradient, and
@@ -537,6 +547,9 @@ def test_shared_mask(name):
   if name in registry.TRACKS_GRADIENTS:
     pytest.skip('init needs the parameters and the update follows the '
                 "tracked gradients: in the method's own test file")
+  if name in registry.NEEDS_SECOND_GRADS:
+    pytest.skip('the update needs second_grads= (another batch): '
+                "in the method's own test file")
   run = _runner(name)
   grads = _grads(seed=40)
   out = run(grads)

@@ -35,6 +35,9 @@ def test_representation_level_trains(name):
   if name in registry.TRACKS_GRADIENTS:
     pytest.skip('init needs the parameters and the update follows the '
                 "tracked gradients: in the method's own test file")
+  if name in registry.NEEDS_SECOND_GRADS:
+    pytest.skip('the update needs second_grads= (another batch): '
+                "in the method's own test file")
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((32, 5)), jnp.float32)
   y = jnp.asarray(rng.standard_normal((32, T)), jnp.float32)

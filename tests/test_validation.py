@@ -411,6 +411,28 @@ CASES = {
              ('excess_mtl: robust_step_size must be finite and > 0',
               'got inf')),
         ]),
+    'modo': (
+        _with_tasks(mtl.modo),
+        _prefixed('modo', NUM_TASKS_CASES) + [
+            (dict(num_tasks=None), TypeError,
+             ('modo keeps one value per task',)),
+            (dict(gamma=0.), ValueError,
+             ('modo: gamma must be > 0', 'got 0.0')),
+            (dict(rho=-1.), ValueError,
+             ('modo: rho must be >= 0', 'got -1.0')),
+        ]),
+    'sdmgrad': (
+        _with_tasks(mtl.sdmgrad),
+        _prefixed('sdmgrad', NUM_TASKS_CASES) + [
+            (dict(num_tasks=None), TypeError,
+             ('sdmgrad keeps one value per task',)),
+            (dict(lamda=-1.), ValueError,
+             ('sdmgrad: lamda must be >= 0', 'got -1.0')),
+            (dict(step_size=INF), ValueError,
+             ('sdmgrad: step_size must be finite and > 0', 'got inf')),
+            (dict(num_steps=0), ValueError,
+             ('sdmgrad: num_steps must be', 'got 0')),
+        ]),
 }
 
 LINESEARCH_CASES = [

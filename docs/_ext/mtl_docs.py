@@ -58,6 +58,12 @@ GROUPS = (
      'of the stacked gradients: ``init`` needs the parameters; parameter '
      'level only).',
      ('moco', 'excess_mtl')),
+    ('Two independent batches',
+     'The weights are estimated without bias from the product of two '
+     'independent batches\' gradients: ``tx.update(grads, state, params, '
+     'second_grads=grads2)`` (one more per-task backward pass per step; '
+     '``third_grads=`` for the direction\'s batch).',
+     ('modo', 'sdmgrad')),
     ('Loss-based weighting',
      'Coefficients from the task losses: pass them at every update, '
      '``tx.update(grads, state, params, losses=losses)``.',
@@ -108,6 +114,9 @@ WEIGHTINGS = {
     'moco': ('mtl_optax.weightings.moco',
              'mtl_optax.weightings.project_to_simplex'),
     'excess_mtl': ('mtl_optax.weightings.excess_mtl',),
+    'modo': ('mtl_optax.weightings.modo',
+             'mtl_optax.weightings.cross_gramian'),
+    'sdmgrad': ('mtl_optax.weightings.sdmgrad',),
     'stch': ('mtl_optax.weightings.stch',),
     'db_mtl': ('mtl_optax.weightings.db_mtl',),
     'imtl': ('mtl_optax.weightings.imtl',

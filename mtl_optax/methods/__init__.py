@@ -37,6 +37,8 @@ file                        methods
 ``geometric_mean``          ``geometric_mean`` (GLS)
 ``moco``                    ``moco`` (MoCo)
 ``excess_mtl``              ``excess_mtl`` (ExcessMTL)
+``modo``                    ``modo`` (MoDo)
+``sdmgrad``                 ``sdmgrad`` (SDMGrad)
 ``stch``                    ``stch`` (STCH)
 ``db_mtl``                  ``db_mtl`` (DB-MTL)
 ==========================  ==============================================

@@ -51,6 +51,9 @@ from mtl_optax.methods.mgda import normalization_scales
 from mtl_optax.methods.mgda import SOLVERS as mgda_solvers
 from mtl_optax.methods.moco import moco_weights as moco
 from mtl_optax.methods.moco import project_to_simplex
+from mtl_optax.methods.modo import cross_gramian
+from mtl_optax.methods.modo import modo_weights as modo
+from mtl_optax.methods.sdmgrad import sdmgrad_weights as sdmgrad
 from mtl_optax.methods.pcgrad import pcgrad_weights as pcgrad
 from mtl_optax.methods.pcgrad import random_orders
 from mtl_optax.methods.stch import stch_weights as stch
@@ -88,6 +91,9 @@ __all__ = [
     'mgda_solvers',
     'normalization_scales',
     'moco',
+    'modo',
+    'cross_gramian',
+    'sdmgrad',
     'pcgrad',
     'project_to_simplex',
     'random_orders',
