@@ -171,7 +171,9 @@ def excess_mtl(*, robust_step_size: float = 1e-2,
       if m:
         sq = jnp.square(g.astype(s.dtype))
         term = sq / jnp.sqrt(s + EPS)
-        excess = excess + jnp.sum(term.reshape(t, -1), axis=1).astype(dtype)
+        # No reshape: a sharded leaf keeps its sharding.
+        excess = excess + jnp.sum(
+            term, axis=tuple(range(1, term.ndim))).astype(dtype)
     first = inner.count == 0
     initial = jnp.where(first, excess, inner.initial)
     stepped_w, stepped_log = excess_mtl_weights(
@@ -200,8 +202,11 @@ def excess_mtl(*, robust_step_size: float = 1e-2,
 
     def zeros(p, is_shared):
       acc = gram_lib.accumulation_dtype(jnp.asarray(p).dtype)
-      shape = (t,) + jnp.shape(p) if is_shared else (t,)
-      return jnp.zeros(shape, acc)
+      if not is_shared:
+        return jnp.zeros((t,), acc)
+      # zeros_like, broadcast: a sharded parameter's sums keep its sharding.
+      return jnp.broadcast_to(jnp.zeros_like(p, dtype=acc)[None],
+                              (t,) + jnp.shape(p))
 
     sums = jax.tree.map(zeros, params, mask)
     dtype = state_dtype()

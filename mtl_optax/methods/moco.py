@@ -227,8 +227,10 @@ def moco(*, beta: float = 0.5, beta_decay: float = 0.5, gamma: float = 0.1,
           'MoCo runs at the parameter level only (not on a representation\'s '
           'gradients); use another method there, e.g. mgda.')
     state = built.init(params)
+    # zeros_like, broadcast: a sharded parameter's copies keep its sharding.
     tracked = jax.tree.map(
-        lambda p: jnp.zeros((t,) + jnp.shape(p), jnp.result_type(p)), params)
+        lambda p: jnp.broadcast_to(jnp.zeros_like(p)[None],
+                                   (t,) + jnp.shape(p)), params)
     lam = jnp.full((t,), 1 / t, state_dtype())
     return state._replace(
         weights=lam,

@@ -47,6 +47,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 from optax.experimental import aggregating
 
 from mtl_optax import _checks
@@ -120,7 +123,16 @@ def cross_gramian(first: PyTree, second: PyTree,
       continue
     acc = jnp.promote_types(gram_lib.accumulation_dtype(a.dtype),
                             gram_lib.accumulation_dtype(b.dtype))
-    k = a.reshape(t, -1).astype(acc) @ b.reshape(t, -1).astype(acc).T
+    # A contraction over the parameter axes (no reshape: a sharded leaf
+    # keeps its sharding; the [T, T] result replicated).
+    axes = tuple(range(1, a.ndim))
+    sharding = gram_lib.explicit_sharding(a)
+    out_sharding = (None if sharding is None else NamedSharding(
+        sharding.mesh, PartitionSpec()))
+    k = lax.dot_general(a.astype(acc), b.astype(acc),
+                        ((axes, axes), ((), ())),
+                        precision=lax.Precision.HIGHEST,
+                        preferred_element_type=acc, out_sharding=out_sharding)
     out = k if out is None else out + k.astype(out.dtype)
   if out is None:
     return jnp.zeros((t, t), state_dtype())

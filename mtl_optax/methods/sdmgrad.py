@@ -104,7 +104,8 @@ def _mean_norm(stacked, mask, dtype):
   sq = jnp.zeros((t,), dtype)
   for g, m in zip(jax.tree.leaves(stacked), jax.tree.leaves(mask)):
     if m:
-      sq = sq + jnp.sum(jnp.square(g.reshape(t, -1).astype(dtype)), axis=1)
+      sq = sq + jnp.sum(jnp.square(g.astype(dtype)),
+                        axis=tuple(range(1, g.ndim)))
   return jnp.mean(jnp.sqrt(sq))
 
 
