@@ -88,13 +88,13 @@ def _check_steps(updates, states, dtype):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_every_aggregator_float64_reproducer(name):
+  """The issue's reproducer: a float64 ``[2, 3]`` Jacobian, two steps."""
   if name in registry.TRACKS_GRADIENTS:
     pytest.skip('init needs the parameters and the update follows the '
                 "tracked gradients: in the method's own test file")
   if name in registry.NEEDS_SECOND_GRADS:
     pytest.skip('the update needs second_grads= (another batch): '
                 "in the method's own test file")
-  """The issue's reproducer: a float64 ``[2, 3]`` Jacobian, two steps."""
   with x64():
     updates, states = _run(name, {'w': jnp.asarray(J2, jnp.float64)})
     _check_steps(updates, states, jnp.float64)
@@ -103,16 +103,16 @@ def test_every_aggregator_float64_reproducer(name):
 @pytest.mark.parametrize('dtype', ['float64', 'float32'])
 @pytest.mark.parametrize('name', NAMES)
 def test_every_aggregator_zero_size_leaves(name, dtype):
+  """T = 3 (the solvers' T > 2 paths) with zero-size leaves: these add
+  nothing to the Gramian and come back zero-size in the input's dtype;
+  float32 agrees with float64 to float32 accuracy. (Under
+  ``JAX_ENABLE_X64=1`` the float32 case checks float32 inputs with x64 on.)"""
   if name in registry.TRACKS_GRADIENTS:
     pytest.skip('init needs the parameters and the update follows the '
                 "tracked gradients: in the method's own test file")
   if name in registry.NEEDS_SECOND_GRADS:
     pytest.skip('the update needs second_grads= (another batch): '
                 "in the method's own test file")
-  """T = 3 (the solvers' T > 2 paths) with zero-size leaves: these add
-  nothing to the Gramian and come back zero-size in the input's dtype;
-  float32 agrees with float64 to float32 accuracy. (Under
-  ``JAX_ENABLE_X64=1`` the float32 case checks float32 inputs with x64 on.)"""
   updates, states = _updates_with_empty(name, dtype)
   _check_steps(updates, states, dtype)
   u = updates[0]

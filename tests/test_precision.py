@@ -141,14 +141,14 @@ def _update(name):
 
 @pytest.mark.parametrize('name', mtl.available())
 def test_full_update(name):
+  """Every method's whole update, the weighting's own T×T products
+  included (the solvers run under ``default_matmul_precision('highest')``)."""
   if name in registry.TRACKS_GRADIENTS:
     pytest.skip('init needs the parameters and the update follows the '
                 "tracked gradients: in the method's own test file")
   if name in registry.NEEDS_SECOND_GRADS:
     pytest.skip('the update needs second_grads= (another batch): '
                 "in the method's own test file")
-  """Every method's whole update, the weighting's own T×T products
-  included (the solvers run under ``default_matmul_precision('highest')``)."""
   update, state = _update(name)
   assert_all_highest(update, _stacked(), state, _spec(T), min_dots=2)
 
