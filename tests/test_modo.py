@@ -170,3 +170,11 @@ def test_needs_num_tasks_and_is_registered():
   assert 'modo' in mtl.available()
   assert mtl.get_aggregator('modo', num_tasks=2).init(None).inner.lam.shape \
       == (2,)
+
+
+def test_training_train_says_what_the_two_batch_methods_need():
+  import test_training  # pylint: disable=g-import-not-at-top
+  from mtl_optax import training  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match='modo: the update needs second_grads='):
+    training.train(test_training._config(method='modo', num_steps=1),
+                   progress=False, data_fn=test_training._data_fn())
