@@ -69,7 +69,10 @@ def parameter_level(aggregator, params, x, y, steps, lr):
   @jax.jit
   def step(params, opt_state):
     losses, grads = mtl.value_and_jacobian(losses_fn)(params, x, y)
-    updates, opt_state = tx.update(grads, opt_state, params, losses=losses)
+    # Full batch: the two-batch methods' (modo, sdmgrad) second batch is
+    # the same one (no sampling noise to decorrelate); the others ignore it.
+    updates, opt_state = tx.update(grads, opt_state, params, losses=losses,
+                                   second_grads=grads)
     return optax.apply_updates(params, updates), opt_state, losses
 
   return _train(step, params, tx.init(params), steps)
