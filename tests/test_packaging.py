@@ -79,7 +79,9 @@ def test_core_works_without_the_optional_dependencies():
       for name in mtl.available():
         tx = mtl.registry.for_tasks(name, num_tasks=T)
         state = tx.init(params)
-        update = jax.jit(lambda g, s, p, l, tx=tx: tx.update(g, s, p, losses=l))
+        # second_grads: modo and sdmgrad need another batch (here the same).
+        update = jax.jit(lambda g, s, p, l, tx=tx: tx.update(
+            g, s, p, losses=l, second_grads=g))
         updates, state = update(grads, state, params, losses)
         assert jax.tree.structure(updates) == jax.tree.structure(params), name
         assert all(bool(jnp.all(jnp.isfinite(u)))
