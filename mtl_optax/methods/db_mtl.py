@@ -159,19 +159,19 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, *,
     top = functools.reduce(jnp.maximum, (jnp.max(jnp.abs(m)).astype(
         losses.dtype) for m in shared_ema), jnp.zeros((), losses.dtype))
     top = jnp.where(top > 0, top, 1)
-    squares = sum((jnp.sum(jnp.square(m.astype(losses.dtype) / top
-                                      ).reshape(t, -1), axis=1)
+    # (No reshape: a sharded leaf keeps its sharding.)
+    squares = sum((jnp.sum(jnp.square(m.astype(losses.dtype) / top),
+                           axis=tuple(range(1, m.ndim)))
                    for m in shared_ema), jnp.zeros((t,), losses.dtype))
     norms = top * jnp.sqrt(squares)
     alpha = db_mtl_weights(norms)
 
     def combine():
-      def one(m, g, is_shared):
-        acc = gram_lib.accumulation_dtype(g.dtype)
-        c, leaf = (alpha, m) if is_shared else (inv, g)
-        return jnp.tensordot(c.astype(acc), leaf.astype(acc),
-                             axes=1).astype(g.dtype)
-      return jax.tree.map(one, ema, grads, mask)
+      # Shared leaves: Σ α_t m_t; task-specific ones: Σ_t g_t / (L_t + ε).
+      mixed = jax.tree.map(lambda m, g, is_shared: m if is_shared else g,
+                           ema, grads, mask)
+      out = gram_lib.weighted_sum(alpha, mixed, mask, task_weights=inv)
+      return jax.tree.map(lambda d, g: d.astype(g.dtype), out, grads)
 
     inputs_ok = jnp.all(jnp.isfinite(losses)) & leaves_finite(grads)
     new = DbMtlState(jax.tree.map(lambda m, o: m.astype(o.dtype), ema,
@@ -184,9 +184,12 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, *,
 
   def init_fn(params):
     state = built.init(params)
+    # zeros_like, broadcast: a sharded parameter's averages keep its
+    # sharding.
     ema = jax.tree.map(
-        lambda p: jnp.zeros((t,) + jnp.shape(p),
-                            gram_lib.accumulation_dtype(jnp.asarray(p).dtype)),
+        lambda p: jnp.broadcast_to(
+            jnp.zeros_like(p, dtype=gram_lib.accumulation_dtype(
+                jnp.asarray(p).dtype))[None], (t,) + jnp.shape(p)),
         params)
     return state._replace(inner=DbMtlState(ema, state.inner.count))
 
