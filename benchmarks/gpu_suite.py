@@ -289,6 +289,10 @@ def gramian_methods() -> tuple[list[str], dict[str, str]]:
       skipped[name] = NOT_ON_J[name]
     elif name in registry.NEEDS_LOSSES:
       skipped[name] = LOSS_BASED
+    elif name in registry.NEEDS_SECOND_GRADS:
+      skipped[name] = 'needs second_grads= (another batch\'s gradients)'
+    elif name in registry.TRACKS_GRADIENTS:
+      skipped[name] = 'its state is shaped like the parameters (init needs them)'
     else:
       run.append(name)
   return run, skipped
