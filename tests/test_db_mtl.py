@@ -8,52 +8,17 @@ in CI's ``JAX_ENABLE_X64=1`` pass).
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from loss_method_harness import DTYPES, x64
+from loss_method_harness import close as _close
+from loss_method_harness import problem as _problem
+from loss_method_harness import run_steps as _run
 import mtl_optax as mtl
 from mtl_optax import training
-
-DTYPES = ('float32', 'float64')
-RTOL = {'float32': 2e-5, 'float64': 1e-11}
-
-
-def x64(dtype):
-  return jax.enable_x64(True) if dtype == 'float64' else \
-      contextlib.nullcontext()
-
-
-def _problem(seed, t=3, n=5, steps=4):
-  rng = np.random.default_rng(seed)
-  grads = rng.normal(size=(steps, t, n))
-  losses = rng.uniform(0.2, 3.0, size=(steps, t))
-  return grads, losses
-
-
-def _run(tx, grads, losses, dtype, params_shape=None):
-  """The directions and final state of ``tx`` over the steps."""
-  g = jnp.asarray(grads, dtype)
-  params = {'w': jnp.zeros(g.shape[2:], dtype)}
-  state = tx.init(params)
-  update = jax.jit(tx.update)
-  out = []
-  for k in range(g.shape[0]):
-    d, state = update({'w': g[k]}, state, params,
-                      losses=jnp.asarray(losses[k], dtype))
-    assert d['w'].dtype == jnp.dtype(dtype)
-    out.append(np.asarray(d['w'], np.float64))
-  return np.stack(out), state
-
-
-def _close(actual, expected, dtype):
-  scale = max(np.abs(expected).max(), 1e-30)
-  np.testing.assert_allclose(actual, expected, rtol=0,
-                             atol=RTOL[dtype] * 10 * scale)
-
 
 # ---------------------------------------------------------------------------
 # DB-MTL
