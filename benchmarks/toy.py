@@ -186,7 +186,10 @@ def run(aggregator, starts: np.ndarray, *, steps: int, lr: float,
     def body(carry, _):
       x, opt_state = carry
       losses, grads = mtl.value_and_jacobian(task_losses)(x)
-      updates, opt_state = tx.update(grads, opt_state, x, losses=losses)
+      # The objective is deterministic: an independent batch's gradients
+      # (MoDo's and SDMGrad's second_grads) are these; others ignore them.
+      updates, opt_state = tx.update(grads, opt_state, x, losses=losses,
+                                     second_grads=grads)
       x = optax.apply_updates(x, updates)
       return (x, opt_state), x
     _, path = jax.lax.scan(body, (x0, tx.init(x0)), None, length=steps)
