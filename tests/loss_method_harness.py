@@ -52,3 +52,15 @@ def close(actual, expected, dtype):
   scale = max(np.abs(expected).max(), 1e-30)
   np.testing.assert_allclose(actual, expected, rtol=0,
                              atol=RTOL[dtype] * 10 * scale)
+
+
+def train_two_steps(method: str):
+  """Two parameter-level steps of ``training.train`` with ``method`` by name,
+  on the LeNet/MultiMNIST data of ``tests/test_training.py``."""
+  import test_training  # pylint: disable=g-import-not-at-top
+  from mtl_optax import training  # pylint: disable=g-import-not-at-top
+  config = test_training._config(method=method, level='parameter',
+                                 learning_rate=1e-3, num_steps=2,
+                                 log_every_steps=1, eval_every_epochs=100.0)
+  return training.train(config, progress=False,
+                        data_fn=test_training._data_fn())

@@ -19,8 +19,8 @@ from loss_method_harness import DTYPES, RTOL, x64
 from loss_method_harness import close as _close
 from loss_method_harness import problem as _problem
 from loss_method_harness import run_steps as _run
+from loss_method_harness import train_two_steps
 import mtl_optax as mtl
-from mtl_optax import training
 from mtl_optax import weightings as W
 
 # ---------------------------------------------------------------------------
@@ -104,26 +104,7 @@ def test_imtl_validation():
 
 
 def test_trains_two_steps_by_name():
-  method = 'imtl'
-  from mtl_optax.data import loader as loader_lib
-  rng = np.random.default_rng(0)
-  num = 32
-  arrays = {'image': rng.normal(size=(num, 28, 28, 1)).astype(np.float32),
-            'left': rng.integers(0, 10, num).astype(np.int32),
-            'right': rng.integers(0, 10, num).astype(np.int32)}
-
-  def data_fn(split, *, batch_size, seed, shuffle, num_epochs,
-              drop_remainder, state=None):
-    return loader_lib.Loader(
-        loader_lib.ArraySource(arrays), batch_size=batch_size, seed=seed,
-        shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
-        prefetch=2, process_index=0, process_count=1, state=state)
-
-  config = training.Config(model='lenet_multimnist', dataset='multi_mnist',
-                           method=method, level='parameter', batch_size=16,
-                           optimizer='adam', learning_rate=1e-3, num_steps=2,
-                           log_every_steps=1, eval_every_epochs=100.0)
-  result = training.train(config, progress=False, data_fn=data_fn)
+  result = train_two_steps('imtl')
   assert int(result.state.step) == 2
   assert np.isfinite(result.history['weights']).all()
   assert not result.history['skipped'].any()
