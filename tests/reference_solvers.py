@@ -766,3 +766,18 @@ def min_norm_by_enumeration(g, *, feasibility_tol=1e-12):
       if best is None or value < best[0] - 1e-15:
         best = (value, alpha)
   return best[1], best[1] @ g
+
+
+def project_to_simplex(v) -> np.ndarray:
+  """Euclidean projection of ``v`` onto the probability simplex, by bisection
+  on the threshold ``τ`` of ``max(v − τ, 0)`` (a different algorithm from the
+  library's sort-based ``weightings.project_to_simplex``)."""
+  v = np.asarray(v, np.float64)
+  lo, hi = v.min() - 1.0, v.max()
+  for _ in range(200):
+    mid = (lo + hi) / 2
+    if np.maximum(v - mid, 0).sum() > 1:
+      lo = mid
+    else:
+      hi = mid
+  return np.maximum(v - (lo + hi) / 2, 0)

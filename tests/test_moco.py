@@ -7,23 +7,11 @@ import numpy as np
 import pytest
 
 import mtl_optax as mtl
+import reference_solvers as rs
 from mtl_optax import weightings
 
 X64 = jax.config.jax_enable_x64
 RTOL = 1e-9 if X64 else 2e-4
-
-
-def _simplex_np(v):
-  """Projection onto the simplex by bisection on the threshold (a different
-  algorithm from the library's sort-based one)."""
-  lo, hi = v.min() - 1.0, v.max()
-  for _ in range(200):
-    mid = (lo + hi) / 2
-    if np.maximum(v - mid, 0).sum() > 1:
-      lo = mid
-    else:
-      hi = mid
-  return np.maximum(v - (lo + hi) / 2, 0)
 
 
 def _moco_np(grads_seq, beta, beta_decay, gamma, gamma_decay, rho):
@@ -33,7 +21,7 @@ def _moco_np(grads_seq, beta, beta_decay, gamma, gamma_decay, rho):
   out = []
   for k, g in enumerate(grads_seq, start=1):
     y = y - beta / k**beta_decay * (y - g)
-    lam = _simplex_np(lam - gamma / k**gamma_decay * (y @ y.T + rho * np.eye(t))
+    lam = rs.project_to_simplex(lam - gamma / k**gamma_decay * (y @ y.T + rho * np.eye(t))
                       @ lam)
     out.append((y.T @ lam, lam.copy(), y.copy()))
   return out
@@ -99,7 +87,7 @@ def test_project_to_simplex_matches_bisection(t):
   for _ in range(20):
     v = rng.normal(size=t) * rng.choice([0.01, 1, 100])
     got = np.asarray(weightings.project_to_simplex(jnp.asarray(v)))
-    np.testing.assert_allclose(got, _simplex_np(v), atol=1e-5 * max(
+    np.testing.assert_allclose(got, rs.project_to_simplex(v), atol=1e-5 * max(
         1, np.abs(v).max()))
   ok = jnp.array([0.2, 0.3, 0.5])
   np.testing.assert_allclose(weightings.project_to_simplex(ok), ok, atol=1e-7)

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import mtl_optax as mtl
+import reference_solvers as rs
 from mtl_optax import weightings
 
 X64 = jax.config.jax_enable_x64
@@ -15,23 +16,12 @@ RTOL = 1e-9 if X64 else 2e-4
 DTYPE = jnp.float64 if X64 else jnp.float32
 
 
-def _simplex_np(v):
-  lo, hi = v.min() - 1.0, v.max()
-  for _ in range(200):
-    mid = (lo + hi) / 2
-    if np.maximum(v - mid, 0).sum() > 1:
-      lo = mid
-    else:
-      hi = mid
-  return np.maximum(v - (lo + hi) / 2, 0)
-
-
 def _modo_np(batches, gamma, rho, third):
   t = batches[0][0].shape[0]
   lam = np.full(t, 1 / t)
   out = []
   for j1, j2, j3 in batches:
-    lam = _simplex_np(lam - gamma * (j1 @ j2.T @ lam + rho * lam))
+    lam = rs.project_to_simplex(lam - gamma * (j1 @ j2.T @ lam + rho * lam))
     out.append(((j3 if third else j1).T @ lam, lam.copy()))
   return out
 
@@ -85,7 +75,7 @@ def test_cross_gramian_and_weighting():
   k = weightings.cross_gramian(_tree(j1), _tree(j2))
   np.testing.assert_allclose(k, j1 @ j2.T, rtol=1e-5, atol=1e-5)
   lam = weightings.modo(k, jnp.full(3, 1 / 3, k.dtype), gamma=0.2, rho=0.1)
-  ref = _simplex_np(np.full(3, 1 / 3) - 0.2 * (j1 @ j2.T @ np.full(3, 1 / 3)
+  ref = rs.project_to_simplex(np.full(3, 1 / 3) - 0.2 * (j1 @ j2.T @ np.full(3, 1 / 3)
                                                + 0.1 / 3))
   np.testing.assert_allclose(lam, ref, atol=1e-5)
 

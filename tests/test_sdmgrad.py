@@ -7,22 +7,12 @@ import numpy as np
 import pytest
 
 import mtl_optax as mtl
+import reference_solvers as rs
 from mtl_optax import weightings
 
 X64 = jax.config.jax_enable_x64
 RTOL = 1e-8 if X64 else 1e-3
 DTYPE = jnp.float64 if X64 else jnp.float32
-
-
-def _simplex_np(v):
-  lo, hi = v.min() - 1.0, v.max()
-  for _ in range(200):
-    mid = (lo + hi) / 2
-    if np.maximum(v - mid, 0).sum() > 1:
-      lo = mid
-    else:
-      hi = mid
-  return np.maximum(v - (lo + hi) / 2, 0)
 
 
 def _sdmgrad_np(batches, lamda, beta, steps, third):
@@ -35,7 +25,7 @@ def _sdmgrad_np(batches, lamda, beta, steps, third):
           * np.mean(np.linalg.norm(j2, axis=1)))
     k = j1 @ j2.T / (s2 if s2 > 0 else 1)
     for _ in range(steps):
-      w = _simplex_np(w - beta * k @ (w + lamda * mean))
+      w = rs.project_to_simplex(w - beta * k @ (w + lamda * mean))
     c = (w + lamda * mean) / (1 + lamda)
     out.append(((j3 if third else j1).T @ c, c, w.copy()))
   return out
