@@ -36,6 +36,7 @@ states and ``jax.vmap``s the step over them, the batches shared (see
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib
 import inspect
@@ -885,8 +886,14 @@ def _checkpoint_manager(workdir: str | os.PathLike):
   # memory (so the next, donating step cannot touch them) and a background
   # thread writes them; a step directory appears only when complete, so a
   # kill mid-write leaves the previous checkpoint as the latest.
+  # The items' handlers named up front: orbax then reads a checkpoint's
+  # item list (``item_metadata``) without warning that it cannot restore
+  # the items it was not yet told how to read.
   return ocp.CheckpointManager(
       pathlib.Path(workdir).absolute() / 'checkpoints',
+      item_handlers=dict(state=ocp.StandardCheckpointHandler(),
+                         data=ocp.JsonCheckpointHandler(),
+                         meta=ocp.JsonCheckpointHandler()),
       options=ocp.CheckpointManagerOptions(
           max_to_keep=2, create=True, enable_async_checkpointing=True))
 
@@ -952,6 +959,28 @@ def _saved_runs(manager) -> list[dict[str, Any]] | None:
     return None
   return manager.restore(step, args=ocp.args.Composite(
       meta=ocp.args.JsonRestore())).meta.get('runs')
+
+
+def _check_same_arrays(manager, like: TrainState, workdir: Any) -> None:
+  """Raises unless the latest checkpoint's state holds arrays of the shapes
+  of ``like``'s (compared as multisets: orbax stores tuples as lists and
+  named tuples as dicts, so the trees' structures differ; dtypes may differ,
+  the restore casts)."""
+  step = manager.latest_step()
+  saved = manager.item_metadata(step)['state']
+  saved = getattr(saved, 'tree', saved)
+  describe = lambda leaves: collections.Counter(
+      tuple(getattr(x, 'shape', np.shape(x))) for x in leaves)
+  have = describe(jax.tree.leaves(saved))
+  want = describe(jax.tree.leaves(like))
+  if have != want:
+    extra, missing = have - want, want - have
+    raise ValueError(
+        f'{workdir} holds a checkpoint (step {step}) of another model, '
+        'optimizer, method or sweep: its state has arrays of shapes '
+        f'{sorted(extra)[:3]} that this config\'s has not, and lacks '
+        f'{sorted(missing)[:3]}. Resume it with the config that wrote it, '
+        'or use another workdir.')
 
 
 def _check_same_runs(saved: list[dict[str, Any]] | None,
@@ -1258,13 +1287,14 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
   restored = None
   if manager is not None:
     try:
-      try:
-        restored = restore_checkpoint(manager, state, with_meta=True)
-      except Exception:     # another sweep's state, most likely: say so
+      # Whether the checkpoint fits is read from its JSON record and array
+      # metadata before any array is: a restore that fails part-way leaves
+      # TensorStore reads in flight, whose callbacks can outlive orbax's
+      # event loop.
+      if manager.latest_step() is not None:
         _check_same_runs(_saved_runs(manager), runs, workdir)
-        raise
-      if restored is not None:
-        _check_same_runs(restored[2].get('runs'), runs, workdir)
+        _check_same_arrays(manager, state, workdir)
+        restored = restore_checkpoint(manager, state, with_meta=True)
     except BaseException:
       manager.close()
       if hasattr(stream, 'close'):

@@ -100,6 +100,25 @@ def test_resume_representation_level_keeps_aggregator_state(tmp_path):
   assert all(jax.tree.leaves(same))
 
 
+def test_resuming_another_configs_checkpoint_names_the_fix(tmp_path):
+  # A workdir written by another method (another optimizer state) is refused
+  # before any array is read, with the workdir and the fix in the message;
+  # the workdir's own config still resumes from it afterwards.
+  config = _config(num_steps=4, checkpoint_every_steps=2)
+  training.train(config, workdir=tmp_path, progress=False, data_fn=_data_fn(),
+                 stop_after=2)
+  other = _config(num_steps=4, method='nash_mtl', level='representation')
+  with pytest.raises(ValueError, match='another model, optimizer, method'):
+    training.train(other, workdir=tmp_path, progress=False,
+                   data_fn=_data_fn())
+  with pytest.raises(ValueError, match='resume it with the same sweep'):
+    training.train(config, workdir=tmp_path, progress=False,
+                   data_fn=_data_fn(), sweep={'seed': [0, 1]})
+  resumed = training.train(config, workdir=tmp_path, progress=False,
+                           data_fn=_data_fn())
+  assert int(resumed.state.step) == 4
+
+
 def test_non_finite_batch_freezes_parameters_and_optimizer():
   arrays = _arrays()
   experiment = training.build(_config(), num_train_examples=NUM_EXAMPLES)
