@@ -29,6 +29,12 @@ the same command again, in as many sessions as it takes):
   highest validation accuracy"), the last one is kept too. ``--seeds 3`` for
   the rows of Table 2, ``--other-seeds 1`` for the others. Writes
   ``OUT.json``, ``OUT.md`` and ``OUT.png``.
+``ablate``
+  the final stage's runs with one protocol detail changed (``--ablations``:
+  the rate, PyTorch's initialisation, all 60 000 training images; see
+  ``ABLATIONS``), ``--ablation-seeds`` seeds each; writes
+  ``OUT_ablation.json`` and ``OUT_ablation.md`` (Δ against the final runs of
+  the same seeds), to read the differences from the papers' numbers.
 ``render``
   rewrites ``OUT.md`` and ``OUT.png`` from ``OUT.json``.
 
@@ -181,18 +187,25 @@ def splits(valid_size: int) -> tuple[str, str]:
 
 
 def train_run(spec: str, *, data_dir: str, workdir: pathlib.Path,
-              geometry: str, valid_size: int, learning_rate: float, seed: int, epochs: float,
-              decay_epochs: tuple[float, ...], eval_every: float,
-              with_test: bool, progress: bool) -> dict:
-  """Trains (or resumes, or reads) one run; returns its ``result.json``."""
+              geometry: str, valid_size: int, learning_rate: float,
+              seed: int, epochs: float, decay_epochs: tuple[float, ...],
+              eval_every: float, with_test: bool, progress: bool,
+              model_kwargs: dict | None = None,
+              split_pair: tuple[str, str] | None = None) -> dict:
+  """Trains (or resumes, or reads) one run; returns its ``result.json``.
+
+  ``model_kwargs`` go to ``lenet_multimnist``; ``split_pair`` replaces the
+  (training, validation) splits of ``valid_size``.
+  """
   from mtl_optax import training
   done = workdir / 'result.json'
   if done.exists():
     return json.loads(done.read_text())
   name, kwargs, level = parse_method(spec)
-  train_split, valid_split = splits(valid_size)
+  train_split, valid_split = split_pair or splits(valid_size)
   config = mnist_config.get_config(
       method=name, level=level, method_kwargs=kwargs, data_dir=data_dir,
+      model_kwargs=dict(model_kwargs or {}),
       dataset_options={'config': geometry}, train_split=train_split, eval_split=valid_split,
       extra_eval_splits=(TEST_SPLIT,) if with_test else (),
       num_epochs=epochs, lr_decay_epochs=decay_epochs,
@@ -343,6 +356,120 @@ def final(methods, *, args) -> list[dict]:
   return results
 
 
+# Protocol details that differ between ours and the papers' code, each a
+# change of the final stage's run: (what it is, the run's overrides). Joined
+# with '+' they combine.
+ABLATIONS = {
+    'rate_1e-2': ('the rate 1e-2 instead of the selected one (the 10-epoch '
+                  'selection may favour the largest rate)',
+                  {'learning_rate': 1e-2}),
+    'pytorch_init': ("PyTorch's default initialisation (uniform ±1/√fan_in "
+                     "weights and biases, the papers' code) instead of "
+                     "Flax's (LeCun-normal weights, zero biases)",
+                     {'model_kwargs': {'init': 'pytorch'}}),
+    'train_60k': ('all 60 000 training images; MNIST\'s test set is the '
+                  'only held-out set, so the last epoch is reported (the '
+                  "papers' code trains on the whole training set and "
+                  'validates on the test set)',
+                  {'split_pair': ('train', TEST_SPLIT)}),
+}
+
+
+def ablation_overrides(variant: str) -> dict:
+  """The run overrides of ``variant`` (``name`` or ``name+name+...``)."""
+  overrides: dict = {}
+  for part in variant.split('+'):
+    if part not in ABLATIONS:
+      raise SystemExit(f'unknown ablation {part!r}; choose from '
+                       f'{", ".join(ABLATIONS)}, joined with "+".')
+    for key, value in ABLATIONS[part][1].items():
+      if key == 'model_kwargs':
+        overrides.setdefault(key, {}).update(value)
+      else:
+        overrides[key] = value
+  return overrides
+
+
+def reported_test(record: dict) -> tuple[float, float]:
+  """The test accuracies a run reports: at its best validation evaluation,
+  or at its last one where the validation split is the test set."""
+  if 'test' in record['best']:
+    return tuple(record['best']['test'])
+  return tuple(record['last']['valid'])
+
+
+def ablate(methods, variants, *, args) -> list[dict]:
+  """Stage 3: the final stage's runs with one protocol detail changed."""
+  selection = json.loads(pathlib.Path(args.out + '_select.json').read_text())
+  out = pathlib.Path(args.out + '_ablation.json')
+  old = json.loads(out.read_text()) if out.exists() else {}
+  results = [r for r in old.get('runs', ())
+             if (r['method'], r['variant']) not in
+             {(m, v) for m in methods for v in variants}]
+  for variant in variants:
+    overrides = ablation_overrides(variant)
+    for spec in methods:
+      lr = overrides.get('learning_rate', selection['chosen'][spec])
+      split_pair = overrides.get('split_pair')
+      for seed in range(args.ablation_seeds):
+        record = train_run(
+            spec, data_dir=args.data_dir,
+            workdir=pathlib.Path(args.workdir) / 'ablate' / variant
+            / run_name(spec) / f'lr{lr:g}_seed{seed}',
+            geometry=args.geometry, valid_size=args.valid_size,
+            learning_rate=lr, seed=seed, epochs=args.final_epochs,
+            decay_epochs=scaled_decay(args.final_epochs),
+            eval_every=args.final_epochs * FINAL_EVAL_EVERY / FULL_EPOCHS,
+            with_test=split_pair is None or split_pair[1] != TEST_SPLIT,
+            progress=not args.no_progress,
+            model_kwargs=overrides.get('model_kwargs'),
+            split_pair=split_pair)
+        record = dict(record, variant=variant)
+        print(json.dumps({'method': spec, 'variant': variant, 'seed': seed,
+                          'test': reported_test(record)}), flush=True)
+        results.append(record)
+        _write_json(out, {'runs': results})
+        out.with_suffix('.md').write_text(ablation_markdown(
+            results, pathlib.Path(args.out).with_suffix('.json')))
+  return results
+
+
+def ablation_markdown(runs: list[dict], final_json: pathlib.Path) -> str:
+  """Each variant against the final stage's runs of the same seeds."""
+  final_runs = (json.loads(final_json.read_text())['runs']
+                if final_json.exists() else [])
+  base = {(r['method'], r['seed']): r for r in final_runs}
+  lines = [
+      '# MultiMNIST: which protocol details move the accuracy', '',
+      "Each variant is the final stage's 100-epoch run with one detail "
+      'changed (joined with +: several); Δ is against the final stage\'s '
+      'runs of the same method and seeds. Test accuracy [%] at the best '
+      'validation evaluation (`train_60k`: at the last epoch).', '',
+      '| variant | method | lr | seeds | left | right | protocol left / '
+      'right (same seeds) | Δ left / right |',
+      '|---|---|---|---|---|---|---|---|']
+  groups: dict[tuple[str, str], list[dict]] = {}
+  for r in runs:
+    groups.setdefault((r['variant'], r['method']), []).append(r)
+  for (variant, spec), rs in groups.items():
+    test = np.asarray([reported_test(r) for r in rs])
+    mine = test.mean(0)
+    ref = [base[(spec, r['seed'])] for r in rs if (spec, r['seed']) in base]
+    if len(ref) == len(rs):
+      ref_test = np.asarray([reported_test(r) for r in ref]).mean(0)
+      ref_text = f'{ref_test[0]:.2f} / {ref_test[1]:.2f}'
+      delta = f'{mine[0] - ref_test[0]:+.2f} / {mine[1] - ref_test[1]:+.2f}'
+    else:
+      ref_text = delta = '–'
+    lines.append(
+        f'| {variant} | {_label(spec)} | {rs[0]["learning_rate"]:g} '
+        f'| {len(rs)} | {mine[0]:.2f} ± {test[:, 0].std():.2f} '
+        f'| {mine[1]:.2f} ± {test[:, 1].std():.2f} | {ref_text} | {delta} |')
+  lines += ['', 'Variants:', '']
+  lines += [f'- `{name}`: {text}.' for name, (text, _) in ABLATIONS.items()]
+  return '\n'.join(lines) + '\n'
+
+
 def protocol_text(selection: dict, epochs: float) -> str:
   return (f'MultiMNIST geometry `{selection.get("geometry", "?")}` '
           '(`mtl_optax.data.multi_mnist`). '
@@ -485,7 +612,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(
       description=__doc__.split('\n\n')[0],
       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-  parser.add_argument('stage', choices=('select', 'final', 'render'))
+  parser.add_argument('stage', choices=('select', 'final', 'ablate',
+                                        'render'))
   parser.add_argument('--data-dir', help='tfds data directory holding the '
                       'prepared multi_mnist')
   parser.add_argument('--methods', default=','.join(DEFAULT_METHODS),
@@ -513,6 +641,12 @@ def main(argv=None):
                       help="final: seeds of Table 2's rows")
   parser.add_argument('--other-seeds', type=int, default=1,
                       help='final: seeds of the other rows')
+  parser.add_argument('--ablations', default=','.join(ABLATIONS),
+                      help='ablate: the variants, separated by ","; '
+                      f'each one of {", ".join(ABLATIONS)} or several '
+                      'joined with "+"')
+  parser.add_argument('--ablation-seeds', type=int, default=1,
+                      help='ablate: seeds per variant and method')
   parser.add_argument('--no-progress', action='store_true')
   args = parser.parse_args(argv)
 
@@ -520,7 +654,8 @@ def main(argv=None):
     render(pathlib.Path(args.out))
     return
   if not args.data_dir:
-    parser.error('--data-dir is required for the select and final stages')
+    parser.error('--data-dir is required for the select, final and ablate '
+                 'stages')
   methods = [m for m in re.split(r'[;,](?![^\[]*\])', args.methods)
              if m.strip()]
   for spec in methods:
@@ -532,8 +667,14 @@ def main(argv=None):
                     config=args.geometry)
   pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
+  variants = [v for v in args.ablations.split(',') if v.strip()]
+  for variant in variants:
+    ablation_overrides(variant)
   if args.stage == 'select':
     print(json.dumps(select(methods, args=args), indent=1))
+  elif args.stage == 'ablate':
+    ablate(methods, variants, args=args)
+    print(pathlib.Path(args.out + '_ablation.md').read_text())
   else:
     final(methods, args=args)
     print(pathlib.Path(args.out).with_suffix('.md').read_text())

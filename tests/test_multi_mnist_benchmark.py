@@ -104,3 +104,41 @@ def test_final_without_selection_names_the_stage(tmp_path, data_dir):
   (tmp_path / 'mm_select.json').write_text(json.dumps({'chosen': {}}))
   with pytest.raises(SystemExit, match='select stage'):
     bench.main(['final', *_args(tmp_path, data_dir, '--methods', 'mgda')])
+
+
+def test_ablations_change_one_detail_each(tmp_path, data_dir):
+  (tmp_path / 'mm_select.json').write_text(json.dumps({
+      'epochs': 1, 'decay_epochs': [0.3], 'seed': 0, 'runs': [],
+      'train_split': 'train[:-88]', 'valid_split': 'train[-88:]',
+      'chosen': {'mgda:z': 5e-2}}))
+  bench.main(['final', *_args(tmp_path, data_dir, '--methods', 'mgda:z',
+                              '--final-epochs', '1', '--seeds', '1')])
+  bench.main(['ablate', *_args(
+      tmp_path, data_dir, '--methods', 'mgda:z', '--final-epochs', '1',
+      '--ablations', 'rate_1e-2,pytorch_init,train_60k+pytorch_init')])
+  runs = {r['variant']: r for r in json.loads(
+      (tmp_path / 'mm_ablation.json').read_text())['runs']}
+  final = json.loads((tmp_path / 'mm.json').read_text())['runs'][0]
+  assert runs['rate_1e-2']['learning_rate'] == 1e-2
+  assert runs['pytorch_init']['learning_rate'] == 5e-2
+  # Another initialisation trains another model; the 60k variant trains on
+  # every training image and reports the last epoch of its only held-out
+  # set, the test set.
+  assert runs['pytorch_init']['final_losses'] != final['final_losses']
+  workdir = (tmp_path / 'runs' / 'ablate' / 'train_60k+pytorch_init'
+             / bench.run_name('mgda:z') / 'lr0.05_seed0')
+  config = json.loads((workdir / 'log.jsonl').read_text().splitlines()[0])
+  config = config['config']
+  assert (config['train_split'], config['eval_split']) == ('train', 'test')
+  assert config['model_kwargs'] == {'init': 'pytorch'}
+  assert 'test' not in runs['train_60k+pytorch_init']['best']
+  assert bench.reported_test(runs['train_60k+pytorch_init']) == tuple(
+      runs['train_60k+pytorch_init']['last']['valid'])
+  table = (tmp_path / 'mm_ablation.md').read_text()
+  assert table.count('| mgda:z (MGDA-UB) |') == 3
+  left, right = bench.reported_test(runs['rate_1e-2'])
+  ref_left, ref_right = final['best']['test']
+  assert f'{left - ref_left:+.2f} / {right - ref_right:+.2f}' in table
+  with pytest.raises(SystemExit, match='unknown ablation'):
+    bench.main(['ablate', *_args(tmp_path, data_dir, '--methods', 'mgda:z',
+                                 '--ablations', 'dropout')])

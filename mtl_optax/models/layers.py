@@ -28,6 +28,37 @@ BN_EPSILON = 1e-5
 he_normal_fan_out = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
+def torch_default_init(fan_in: int) -> dict[str, Callable]:
+  """PyTorch's default initialisation of ``nn.Linear`` / ``nn.Conv2d``.
+
+  Weights and biases both uniform on ``±1/sqrt(fan_in)`` (the weights'
+  ``kaiming_uniform_(a=sqrt(5))``), ``fan_in`` = input features × kernel
+  area. Flax's default is LeCun-normal weights (√3 × the standard
+  deviation) and zero biases.
+
+  Args:
+    fan_in: the layer's input features times its kernel's area.
+
+  Returns:
+    ``kernel_init`` and ``bias_init`` for an ``nnx.Linear`` / ``nnx.Conv``.
+
+  Example:
+    >>> from flax import nnx
+    >>> layer = nnx.Linear(4, 2, rngs=nnx.Rngs(0), **torch_default_init(4))
+    >>> bool(abs(layer.bias[...]).max() <= 0.5)
+    True
+  """
+  if fan_in < 1:
+    raise ValueError(f'fan_in must be a positive integer, got {fan_in}.')
+  bound = 1.0 / np.sqrt(fan_in)
+
+  def bias_init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return dict(kernel_init=nnx.initializers.variance_scaling(
+      1.0 / 3.0, 'fan_in', 'uniform'), bias_init=bias_init)
+
+
 def conv(in_features: int, out_features: int, kernel_size: int, *,
          stride: int = 1, dilation: int = 1, use_bias: bool = False,
          kernel_init: Callable = he_normal_fan_out,

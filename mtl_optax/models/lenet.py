@@ -21,12 +21,27 @@ def _conv_pool_size(size: int) -> int:
   return size
 
 
+INITS = ('flax', 'pytorch')
+
+
+def initializers(init: str, fan_in: int) -> dict:
+  """The ``kernel_init``/``bias_init`` of a layer for ``init`` (``{}``:
+  Flax's defaults)."""
+  if init not in INITS:
+    raise ValueError(f"init must be one of {INITS}, got {init!r}: 'pytorch' "
+                     "for the papers' PyTorch initialisation.")
+  return layers.torch_default_init(fan_in) if init == 'pytorch' else {}
+
+
 class LeNet(nnx.Module):
   """LeNet encoder: ``[B, H, W, C] -> [B, features]``.
 
   Args:
     input_shape: ``(H, W, C)`` of the images (28×28×1 for MultiMNIST).
     features: width of the last (FC) layer.
+    init: ``'flax'`` (LeCun-normal weights, zero biases) or ``'pytorch'``
+      (PyTorch's default, ``layers.torch_default_init``: what the papers'
+      PyTorch code trained from).
     rngs: random streams for the initialisation.
 
   Example:
@@ -38,12 +53,15 @@ class LeNet(nnx.Module):
   """
 
   def __init__(self, *, input_shape: tuple[int, int, int] = (28, 28, 1),
-               features: int = 50, rngs: nnx.Rngs):
+               features: int = 50, init: str = 'flax', rngs: nnx.Rngs):
     h, w, c = input_shape
-    self.conv1 = nnx.Conv(c, 10, (5, 5), padding='VALID', rngs=rngs)
-    self.conv2 = nnx.Conv(10, 20, (5, 5), padding='VALID', rngs=rngs)
     flat = _conv_pool_size(h) * _conv_pool_size(w) * 20
-    self.fc = nnx.Linear(flat, features, rngs=rngs)
+    self.conv1 = nnx.Conv(c, 10, (5, 5), padding='VALID', rngs=rngs,
+                          **initializers(init, c * 25))
+    self.conv2 = nnx.Conv(10, 20, (5, 5), padding='VALID', rngs=rngs,
+                          **initializers(init, 10 * 25))
+    self.fc = nnx.Linear(flat, features, rngs=rngs,
+                         **initializers(init, flat))
     self.num_features = features
 
   @staticmethod

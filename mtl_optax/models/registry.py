@@ -72,13 +72,16 @@ def _rngs(rngs: nnx.Rngs | int) -> nnx.Rngs:
 
 def lenet_multimnist(*, rngs: nnx.Rngs | int = 0,
                      input_shape: tuple[int, int, int] = (28, 28, 1),
-                     num_classes: int = 10, features: int = 50
-                     ) -> base.MultiTaskModel:
-  """LeNet encoder (FC 50) with an FC-10 head per digit (left, right)."""
+                     num_classes: int = 10, features: int = 50,
+                     init: str = 'flax') -> base.MultiTaskModel:
+  """LeNet encoder (FC 50) with an FC-10 head per digit (left, right);
+  ``init='pytorch'``: PyTorch's default initialisation of every layer."""
   rngs = _rngs(rngs)
-  encoder = lenet.LeNet(input_shape=input_shape, features=features, rngs=rngs)
+  encoder = lenet.LeNet(input_shape=input_shape, features=features,
+                        init=init, rngs=rngs)
   return base.MultiTaskModel(encoder, {
-      t: nnx.Linear(features, num_classes, rngs=rngs)
+      t: nnx.Linear(features, num_classes, rngs=rngs,
+                    **lenet.initializers(init, features))
       for t in MULTI_MNIST_TASKS})
 
 
