@@ -36,6 +36,11 @@ with or without prefetching, and whichever process reads the example). With
 ``prefetch > 0`` batches are gathered and transformed in one background
 thread (numpy releases the GIL in the copies and arithmetic that dominate),
 ``prefetch`` batches ahead.
+
+``MultiInputLoader`` serves multi-input multi-task learning (each task has
+its own examples, e.g. the Office domains): one ``Loader`` per task and
+``{task: batch}`` per step, an epoch being one pass over the largest task
+(the smaller ones cycle; see its doc).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import dataclasses
 import math
 import queue
 import threading
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -526,3 +531,179 @@ class Loader:
       batch, next_state = item
     self._state = next_state
     return batch
+
+
+# --------------------------------------------------------------------------
+# Multi-input: one batch per task per step, each task from its own source.
+
+
+class MultiInputLoader:
+  """One batch of every task per step, each task from its own source.
+
+  For multi-input multi-task learning (LibMTL's ``multi_input`` mode: the
+  Office domains), where task ``t`` has its own examples: every step yields
+  ``{task: batch_t}``, ``batch_t`` the next batch of task ``t``'s own stream,
+  a ``Loader`` over ``sources[t]`` with this loader's settings (same seed,
+  shuffling, batch size and processes).
+
+  **Epochs.** One epoch is one pass over the **largest** task: it has
+  ``steps_per_epoch = max_t steps_t`` steps (``steps_t`` a task's batches per
+  epoch); a task with fewer batches cycles through its own stream, reshuffled
+  at each of its own epochs, as LibMTL does (it runs ``max_t len(loader_t)``
+  steps an epoch and restarts an exhausted task's loader). At global step
+  ``g`` task ``t`` delivers batch ``g mod steps_t`` of its own epoch
+  ``g // steps_t``: a pure function of the seed and ``g``, so the state
+  ``{'epoch': e, 'step': s}`` (``g = e·steps_per_epoch + s``, in the
+  largest task's epochs) is all a checkpoint needs, as for ``Loader``.
+  ``num_examples`` is the largest task's size (the training loop's epoch
+  arithmetic, ``num_examples // batch_size``, then counts the largest
+  task's steps).
+
+  **Evaluation.** ``per_task()`` yields every task's own stream once (one of
+  its own epochs, from the start), in task order, as ``{task: batch}``: build
+  the loader with ``shuffle=False, drop_remainder=False`` for it.
+
+  Args:
+    sources: ``{task: random-access source}`` in task order.
+    batch_size: the global batch size of **every task's** batch.
+    seed: shuffling seed of every task's stream.
+    shuffle: shuffle every epoch.
+    drop_remainder: drop each task's last incomplete batch of an epoch.
+    num_epochs: stop after this many epochs of the largest task; ``None``
+      repeats forever.
+    transforms: ``{task: fn(batch) -> batch}`` applied to that task's batches
+      (e.g. its preprocessing), or None.
+    augment: ``fn(batch, rngs) -> batch`` applied to every task's gathered
+      batches (see ``Loader``), or ``{task: fn}``.
+    prefetch: batches each task's stream prepares ahead (one thread per task).
+    process_index: this process (default ``jax.process_index()``).
+    process_count: number of processes (default ``jax.process_count()``).
+    state: a ``get_state()`` to resume from.
+
+  Attributes:
+    tasks: the task names, in order.
+    loaders: ``{task: Loader}``, each task's endless stream.
+    num_examples: the largest task's number of examples.
+    num_examples_per_task: ``{task: number of examples}``.
+    steps_per_epoch: the largest task's batches per epoch.
+    local_batch_size: ``batch_size // process_count`` (per task).
+
+  Example:
+    >>> sources = {'a': ArraySource({'x': np.arange(8)}),
+    ...            'b': ArraySource({'x': np.arange(100, 104)})}
+    >>> it = MultiInputLoader(sources, batch_size=2, shuffle=False, num_epochs=1,
+    ...                       prefetch=0, process_index=0, process_count=1)
+    >>> [(b['a']['x'].tolist(), b['b']['x'].tolist()) for b in it]
+    [([0, 1], [100, 101]), ([2, 3], [102, 103]), ([4, 5], [100, 101]), ([6, 7], [102, 103])]
+    >>> it.get_state()
+    {'epoch': 1, 'step': 0}
+  """
+
+  def __init__(self, sources: Mapping[str, Any], *, batch_size: int,
+               seed: int = 0, shuffle: bool = True,
+               drop_remainder: bool = True, num_epochs: int | None = None,
+               transforms: Mapping[str, Transform] | None = None,
+               augment: Augment | Mapping[str, Augment] | None = None,
+               prefetch: int = 2, process_index: int | None = None,
+               process_count: int | None = None,
+               state: Mapping[str, int] | None = None):
+    if not isinstance(sources, Mapping) or not sources:
+      raise ValueError('sources must be a non-empty dict {task: source}, got '
+                       f'{type(sources).__name__}.')
+    transforms = dict(transforms or {})
+    unknown = sorted(set(transforms) - set(sources))
+    if unknown:
+      raise ValueError(f'transforms has tasks {unknown} that sources has not '
+                       f'({list(sources)}).')
+    self.tasks = tuple(sources)
+    self.num_epochs = num_epochs
+    process_index, process_count = _default_process(process_index,
+                                                    process_count)
+    self._settings = dict(
+        batch_size=batch_size, seed=seed, shuffle=shuffle,
+        drop_remainder=drop_remainder, prefetch=prefetch,
+        process_index=process_index, process_count=process_count)
+    self._sources = dict(sources)
+    self._transforms = transforms
+    self._augment = (dict(augment) if isinstance(augment, Mapping)
+                     else {t: augment for t in self.tasks})
+    self.loaders = {t: self._loader(t, num_epochs=None) for t in self.tasks}
+    first = self.loaders[self.tasks[0]]
+    self.batch_size = first.batch_size
+    self.local_batch_size = first.local_batch_size
+    self.num_examples_per_task = {t: it.num_examples
+                                  for t, it in self.loaders.items()}
+    self.num_examples = max(self.num_examples_per_task.values())
+    self.steps_per_epoch = max(it.steps_per_epoch
+                               for it in self.loaders.values())
+    self._step = 0            # the global step of the next batch
+    if state is not None:
+      self.set_state(state)
+
+  def _loader(self, task: str, *, num_epochs: int | None) -> Loader:
+    return Loader(self._sources[task], num_epochs=num_epochs,
+                  transform=self._transforms.get(task),
+                  augment=self._augment.get(task), **self._settings)
+
+  # State ---------------------------------------------------------------
+
+  def get_state(self) -> dict[str, int]:
+    """``{'epoch': e, 'step': s}`` in the largest task's epochs."""
+    epoch, step = divmod(self._step, self.steps_per_epoch)
+    return {'epoch': epoch, 'step': step}
+
+  def set_state(self, state: Mapping[str, int]) -> None:
+    """Moves every task's stream to the global position ``state``."""
+    epoch, step = int(state['epoch']), int(state['step'])
+    if epoch < 0 or not 0 <= step <= self.steps_per_epoch:
+      raise ValueError(f'Invalid state {dict(state)} for an epoch of '
+                       f'{self.steps_per_epoch} steps.')
+    self._step = epoch * self.steps_per_epoch + step
+    for loader in self.loaders.values():
+      loader.set_state(dict(zip(('epoch', 'step'),
+                                divmod(self._step, loader.steps_per_epoch))))
+
+  # Batches -------------------------------------------------------------
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, Batch]:
+    if (self.num_epochs is not None
+        and self._step >= self.num_epochs * self.steps_per_epoch):
+      raise StopIteration
+    batches = {t: next(it) for t, it in self.loaders.items()}
+    self._step += 1
+    return batches
+
+  def per_task(self, max_batches: int | None = None
+               ) -> Iterator[dict[str, Batch]]:
+    """Every task's stream once, in task order, as ``{task: batch}``.
+
+    One epoch of each task's own stream (its epoch 0, whatever this loader's
+    position), e.g. for evaluation with ``shuffle=False,
+    drop_remainder=False``: every example of every task once.
+
+    Args:
+      max_batches: at most this many batches of each task (None: all).
+
+    Yields:
+      ``{task: batch}`` with a single task, the tasks in order.
+    """
+    for task in self.tasks:
+      with self._loader(task, num_epochs=1) as loader:
+        for i, batch in enumerate(loader):
+          if max_batches is not None and i >= max_batches:
+            break
+          yield {task: batch}
+
+  def close(self) -> None:
+    """Stops every task's background thread."""
+    for loader in self.loaders.values():
+      loader.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
