@@ -552,6 +552,6 @@ def test_registry():
   assert len(data.tasks('cifar100_mt')) == 20
   assert sorted(data.DATASETS) == sorted([
       'multi_mnist', 'celeb_a', 'cifar100_mt', 'cityscapes', 'cityscapes_mtan',
-      'nyuv2', 'seven_scenes'])
+      'nyuv2', 'seven_scenes', 'office31', 'office_home'])
   with pytest.raises(KeyError, match='Unknown dataset'):
     data.load('mnist3', 'train', batch_size=2)

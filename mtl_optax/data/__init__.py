@@ -30,16 +30,19 @@ _require('tensorflow_datasets', 'data', 'mtl_optax.data')
 
 _SUBMODULES = ('augment', 'builder_base', 'celeb_a', 'cifar100_mt',
                'cityscapes', 'datasets', 'image_ops', 'loader', 'multi_mnist',
-               'nyuv2', 'prepare', 'seven_scenes', 'synthetic', 'task_names')
+               'nyuv2', 'office', 'prepare', 'seven_scenes', 'synthetic',
+               'task_names')
 _ATTRIBUTES = {
     'DATASETS': 'datasets',
     'DatasetSpec': 'datasets',
     'get_spec': 'datasets',
+    'is_multi_input': 'datasets',
     'load': 'datasets',
     'num_examples': 'datasets',
     'tasks': 'datasets',
     'ArraySource': 'loader',
     'Loader': 'loader',
+    'MultiInputLoader': 'loader',
     'read_into_memory': 'loader',
     'example_rng': 'loader',
     'augmentation': 'augment',

@@ -13,6 +13,16 @@ with one entry per task (each module's doc gives targets and ignore values):
 * ``seven_scenes``: ``translation`` [3], ``orientation`` [4] (w ≥ 0);
   224×224×3.
 
+Multi-input datasets (``DatasetSpec.multi_input``), whose tasks each have
+their own examples, yield ``{task: batch_t}`` per step, ``batch_t`` =
+``{'image': ..., task: target}`` (``load`` returns a ``MultiInputLoader``;
+its ``batch_size`` is every task's):
+
+* ``office31``: domains ``amazon``, ``dslr``, ``webcam`` (int32 in
+  [0, 31)); 224×224×3.
+* ``office_home``: domains ``Art``, ``Clipart``, ``Product``,
+  ``Real_World`` (int32 in [0, 65)); 224×224×3.
+
 ``load(..., augment=True)`` augments the training stream of ``nyuv2``,
 ``cityscapes``, ``cityscapes_mtan`` and ``seven_scenes`` as their papers do
 (``mtl_optax.data.augment``).
@@ -32,6 +42,7 @@ from mtl_optax.data import cityscapes
 from mtl_optax.data import loader as loader_lib
 from mtl_optax.data import multi_mnist
 from mtl_optax.data import nyuv2
+from mtl_optax.data import office
 from mtl_optax.data import seven_scenes
 
 
@@ -50,6 +61,9 @@ class DatasetSpec:
     memory_keys: record keys kept when reading into memory (``None``: all).
     preprocess_options: names of ``load`` options routed to ``preprocess``
       (the others go to ``data_source``).
+    multi_input: each task has its own examples (LibMTL's multi-input
+      mode): ``data_source`` and ``preprocess`` also take ``task=``, and
+      ``load`` returns a ``MultiInputLoader`` of ``{task: batch}``.
   """
 
   name: str
@@ -59,6 +73,7 @@ class DatasetSpec:
   in_memory: bool = False
   memory_keys: tuple[str, ...] | None = None
   preprocess_options: tuple[str, ...] = ()
+  multi_input: bool = False
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -78,6 +93,13 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec('seven_scenes', seven_scenes.TASKS,
                     seven_scenes.data_source, seven_scenes.preprocess,
                     preprocess_options=('crop',)),
+        DatasetSpec('office31', office.DOMAINS['office31'],
+                    functools.partial(office.data_source, dataset='office31'),
+                    office.preprocess, multi_input=True),
+        DatasetSpec('office_home', office.DOMAINS['office_home'],
+                    functools.partial(office.data_source,
+                                      dataset='office_home'),
+                    office.preprocess, multi_input=True),
     )
 }
 
@@ -109,12 +131,27 @@ def _split_options(spec, options):
   return source_opts, prep_opts
 
 
+def is_multi_input(name: str) -> bool:
+  """Whether dataset ``name``'s tasks each have their own examples.
+
+  Example:
+    >>> is_multi_input('office31'), is_multi_input('multi_mnist')
+    (True, False)
+  """
+  return get_spec(name).multi_input
+
+
 def num_examples(name: str, split: str, *,
                  data_dir: str | os.PathLike | None = None,
-                 **options) -> int:
-  """Number of examples of a prepared split (over all processes)."""
+                 **options) -> int | dict[str, int]:
+  """Number of examples of a prepared split (over all processes); for a
+  multi-input dataset ``{task: number}``."""
   spec = get_spec(name)
   source_opts, _ = _split_options(spec, options)
+  if spec.multi_input:
+    return {task: len(spec.data_source(split, data_dir=data_dir, task=task,
+                                       **source_opts))
+            for task in spec.tasks}
   return len(spec.data_source(split, data_dir=data_dir, **source_opts))
 
 
@@ -186,15 +223,34 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
       augmented, so one set of options serves both streams.
     **options: dataset options: ``scene=`` and ``frames=`` (``'crop'`` or
       ``'full'``, the frames random crops need) for ``seven_scenes``,
-      ``config=`` for ``cityscapes*``, ``image_size=`` for ``celeb_a``.
+      ``config=`` for ``cityscapes*`` and ``office*``, ``image_size=`` for
+      ``celeb_a``.
 
   Returns:
     A ``Loader`` (an iterator of batch dicts with ``num_examples``,
-    ``steps_per_epoch``, ``get_state`` and ``set_state``).
+    ``steps_per_epoch``, ``get_state`` and ``set_state``); for a multi-input
+    dataset (``office31``, ``office_home``) a ``MultiInputLoader`` of
+    ``{task: batch}``, one stream per task, ``batch_size`` examples each, an
+    epoch being one pass over the largest task (see its doc).
   """
   spec = get_spec(name)
   augment = augment_fn(name, augment)   # built (and checked) for any stream
   source_opts, prep_opts = _split_options(spec, options)
+  if spec.multi_input:
+    if in_memory:
+      raise ValueError(f'in_memory=True is not supported for the multi-input '
+                       f'dataset {name!r}; leave it at None.')
+    sources = {task: spec.data_source(split, data_dir=data_dir, task=task,
+                                      **source_opts) for task in spec.tasks}
+    transforms = {task: _compose(functools.partial(spec.preprocess, task=task,
+                                                   **prep_opts), transform)
+                  for task in spec.tasks}
+    return loader_lib.MultiInputLoader(
+        sources, batch_size=batch_size, seed=seed, shuffle=shuffle,
+        drop_remainder=drop_remainder, num_epochs=num_epochs,
+        transforms=transforms, prefetch=prefetch,
+        process_index=process_index, process_count=process_count,
+        state=state, augment=augment if shuffle else None)
   source = spec.data_source(split, data_dir=data_dir, **source_opts)
   if spec.in_memory if in_memory is None else in_memory:
     source = loader_lib.read_into_memory(source, keys=spec.memory_keys)

@@ -8,6 +8,8 @@
     python -m mtl_optax.data.prepare nyuv2 --data-dir OUT --manual-dir NYUV2_MTAN
     python -m mtl_optax.data.prepare seven_scenes --data-dir OUT --manual-dir 7SCENES \\
         [--config chess --config fire ...]   # default: all seven scenes
+    python -m mtl_optax.data.prepare office31 --data-dir OUT --manual-dir OFFICE31
+    python -m mtl_optax.data.prepare office_home --data-dir OUT --manual-dir OFFICE_HOME
 
 Each module's doc says what the manual directory must hold. MultiMNIST and
 CIFAR-100 download their files only with ``--download``; a missing manual
@@ -29,6 +31,7 @@ from mtl_optax.data import cifar100_mt
 from mtl_optax.data import cityscapes
 from mtl_optax.data import multi_mnist
 from mtl_optax.data import nyuv2
+from mtl_optax.data import office
 from mtl_optax.data import seven_scenes
 
 BUILDERS = {
@@ -37,6 +40,8 @@ BUILDERS = {
     'cityscapes': cityscapes.CityscapesMtl,
     'nyuv2': nyuv2.Nyuv2Mtan,
     'seven_scenes': seven_scenes.SevenScenes,
+    'office31': office.Office31,
+    'office_home': office.OfficeHome,
 }
 
 
@@ -48,10 +53,11 @@ def prepare(name: str, *, data_dir: str | os.PathLike,
 
   Args:
     name: ``'multi_mnist'``, ``'cifar100_mt'``, ``'cityscapes'``,
-      ``'nyuv2'`` or ``'seven_scenes'``.
+      ``'nyuv2'``, ``'seven_scenes'``, ``'office31'`` or ``'office_home'``.
     data_dir: tfds data directory to write into.
     manual_dir: directory with the source files (see the dataset's module).
-    config: builder config (name or instance), e.g. a 7-Scenes scene.
+    config: builder config (name or instance), e.g. a 7-Scenes scene, or an
+      ``office.OfficeConfig`` (image size, split fractions and seed).
     verify_checksums: check downloaded/manual files' SHA256 where known.
     download: download the source files that ``manual_dir`` does not hold
       (``multi_mnist``, ``cifar100_mt``). Default False: nothing is

@@ -3,7 +3,9 @@
 For smoke tests, step-time benchmarks and trying a config before the data is
 prepared: the same keys, shapes, dtypes and value ranges as ``load`` yields
 (images in [0, 1], labels in range with some ignore labels, positive depths
-with some invalid zeros, unit normals, unit quaternions with w ≥ 0).
+with some invalid zeros, unit normals, unit quaternions with w ≥ 0). For a
+multi-input dataset (``office31``, ``office_home``) one such batch per task,
+``{task: {'image': ..., task: labels}}``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from mtl_optax.data import datasets
+from mtl_optax.data.task_names import OFFICE_CLASSES
 from mtl_optax.data.task_names import SEGMENTATION_CLASSES
 
 IMAGE_SHAPES = {
@@ -21,6 +24,8 @@ IMAGE_SHAPES = {
     'cityscapes_mtan': (128, 256, 3),
     'nyuv2': (288, 384, 3),
     'seven_scenes': (224, 224, 3),
+    'office31': (224, 224, 3),
+    'office_home': (224, 224, 3),
 }
 
 
@@ -40,20 +45,30 @@ def random_batch(name: str, batch_size: int, *,
     seed: numpy seed.
 
   Returns:
-    ``{'image': float32 [B, H, W, C], <task>: target, ...}``.
+    ``{'image': float32 [B, H, W, C], <task>: target, ...}``; for a
+    multi-input dataset ``{task: {'image': ..., task: target}}``, ``B``
+    examples for every task.
 
   Example:
     >>> b = random_batch('multi_mnist', 4)
     >>> b['image'].shape, b['left'].dtype.name
     ((4, 28, 28, 1), 'int32')
+    >>> b = random_batch('office31', 2, image_size=(8, 8))
+    >>> sorted(b), sorted(b['dslr']), b['dslr']['image'].shape
+    (['amazon', 'dslr', 'webcam'], ['dslr', 'image'], (2, 8, 8, 3))
   """
   rng = np.random.default_rng(seed)
   h, w, c = IMAGE_SHAPES[name]
   if image_size is not None:
     h, w = image_size
   b = batch_size
-  batch = {'image': rng.random((b, h, w, c), dtype=np.float32)}
   tasks = datasets.tasks(name)
+  if datasets.is_multi_input(name):
+    return {task: {'image': rng.random((b, h, w, c), dtype=np.float32),
+                   task: rng.integers(0, OFFICE_CLASSES[name], b
+                                      ).astype(np.int32)}
+            for task in tasks}
+  batch = {'image': rng.random((b, h, w, c), dtype=np.float32)}
   if name == 'seven_scenes':
     batch['translation'] = rng.normal(size=(b, 3)).astype(np.float32)
     q = _unit(rng.normal(size=(b, 4)))

@@ -26,3 +26,11 @@ CIFAR100_COARSE_CLASSES = (
 
 # Segmentation classes of the dense-prediction datasets.
 SEGMENTATION_CLASSES = {'cityscapes': 19, 'cityscapes_mtan': 7, 'nyuv2': 13}
+
+# Office-31 and Office-Home (multi-input: each domain is a task with its own
+# images and its own classifier; LibMTL's names and order).
+OFFICE31_DOMAINS = ('amazon', 'dslr', 'webcam')
+OFFICE_HOME_DOMAINS = ('Art', 'Clipart', 'Product', 'Real_World')
+OFFICE_DOMAINS = {'office31': OFFICE31_DOMAINS,
+                  'office_home': OFFICE_HOME_DOMAINS}
+OFFICE_CLASSES = {'office31': 31, 'office_home': 65}
