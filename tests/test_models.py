@@ -166,6 +166,7 @@ FULL = {
     'resnet34_aspp_nyuv2': ({}, (288, 384, 3), (32, 64, 3)),
     'mtan_segnet': ({'tasks': 'nyuv2'}, (288, 384, 3), (32, 64, 3)),
     'vgg16_cifar100mt': ({}, (32, 32, 3), (32, 32, 3)),
+    'resnet18_office': ({}, (224, 224, 3), (32, 32, 3)),
 }
 
 
@@ -188,6 +189,8 @@ def _expected_shapes(name, batch, hw, kwargs):
     return {'translation': (batch, 3), 'orientation': (batch, 4)}
   if name == 'vgg16_cifar100mt':
     return {t: (batch, 5) for t in models.CIFAR100_COARSE_CLASSES}
+  if name == 'resnet18_office':   # multi-input: each domain its own images
+    return {t: (batch, 31) for t in ('amazon', 'dslr', 'webcam')}
   if name == 'resnet50_pspnet_cityscapes':
     return {t: dense[t] for t in ('segmentation', 'instance', 'depth')}
   return {t: dense[t] for t in ('segmentation', 'depth', 'normals')}

@@ -11,6 +11,11 @@ A ``MultiTaskModel`` is a shared ``encoder`` and one head per task::
 gives pure functions of them, for per-task gradients
 (``mtl.value_and_jacobian``) and the representation-level step
 (``mtl.representation_grads``).
+
+Multi-input (each task has its own examples, e.g. the Office domains): the
+loss and representation functions take ``multi_input=True`` and then read
+``{task: batch_t}``, task ``t``'s loss computed on its own batch alone
+(``FunctionalModel.apply_tasks``).
 """
 
 from __future__ import annotations
@@ -142,6 +147,48 @@ def _shared_head_mask(heads: nnx.Dict, tasks: tuple[str, ...],
   return jax.tree_util.tree_map_with_path(is_shared, head_params)
 
 
+def task_images(batches: Mapping[str, Mapping[str, Any]],
+                tasks: tuple[str, ...]) -> jax.Array:
+  """The tasks' images stacked on a leading task axis, ``[T, B, ...]``.
+
+  Args:
+    batches: ``{task: batch}``, one batch per task, each with ``'image'``.
+    tasks: the task order.
+
+  Returns:
+    ``stack([batches[t]['image'] for t in tasks])``.
+
+  Raises:
+    ValueError: ``batches`` lacks a task or has one the model has not, or
+      the tasks' images differ in shape (the message names the fix).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> task_images({'b': {'image': jnp.ones((2, 3))},
+    ...              'a': {'image': jnp.zeros((2, 3))}}, ('a', 'b')).shape
+    (2, 2, 3)
+  """
+  if not isinstance(batches, Mapping) or set(batches) != set(tasks):
+    have = sorted(batches) if isinstance(batches, Mapping) else type(batches)
+    raise ValueError(
+        f'multi_input=True reads one batch per task, {{task: batch}}, with '
+        f'the tasks {sorted(tasks)}; got {have}. Feed the tasks\' batches of '
+        'a multi-input loader (mtl_optax.data.MultiInputLoader), or use '
+        'multi_input=False for one batch holding every task\'s target.')
+  shapes = {t: tuple(jnp.shape(batches[t]['image'])) for t in tasks}
+  if len(set(shapes.values())) > 1:
+    raise ValueError(
+        f'multi_input=True needs the same image shape in every task\'s batch '
+        f'(one batch size per task); got {shapes}. Use equal per-task batch '
+        'sizes (the training stream drops incomplete batches: '
+        'drop_remainder=True).')
+  return jnp.stack([jnp.asarray(batches[t]['image']) for t in tasks])
+
+
+def _select(tree: PyTree, i: int) -> PyTree:
+  return jax.tree.map(lambda a: a[i], tree)
+
+
 class RepresentationStep(NamedTuple):
   """Result of ``FunctionalModel.representation_step``'s step."""
   losses: jax.Array          # [T]
@@ -204,6 +251,59 @@ class FunctionalModel:
                                       z, train=train)
     return outputs, {'encoder': encoder_stats, 'heads': head_stats}
 
+  # -- multi-input forward passes ----------------------------------------------
+
+  def encode_tasks(self, encoder_params, encoder_stats, images, *,
+                   train: bool):
+    """Each task's images through the encoder alone: ``(z, new_stats)``.
+
+    ``images`` ``[T, B, ...]`` holds task ``t``'s batch at ``t``; the encoder
+    runs on each in turn (a ``lax.scan`` over the task axis, tasks in
+    order), so BatchNorm normalises every task's batch with that batch's
+    own statistics and ``z_t`` depends on task ``t``'s images only. In
+    train mode the running averages are updated once per task, in task
+    order: LibMTL's multi-input loop (one PyTorch forward pass per task)
+    exactly.
+
+    Returns:
+      ``(z, new_encoder_stats)``, every leaf of ``z`` with the leading task
+      axis; in eval mode the statistics come back as given.
+    """
+    def one_task(stats, x):
+      z, new_stats = self.encode(encoder_params, stats, x, train=train)
+      return (new_stats if train else stats), z
+
+    stats, z = jax.lax.scan(one_task, encoder_stats, images)
+    return z, stats
+
+  def decode_tasks(self, head_params, head_stats, z, *, train: bool):
+    """Each task's head on its own representation: ``({task: output},
+    new_head_stats)``, ``heads[t](z[t])`` for ``z`` with a leading task axis
+    in ``tasks`` order."""
+    heads = nnx.merge(self._graphdefs['heads'][train], head_params, head_stats)
+    outputs = {t: heads[t](_select(z, i)) for i, t in enumerate(self.tasks)}
+    return outputs, nnx.to_pure_dict(nnx.state(heads, nnx.BatchStat))
+
+  def apply_tasks(self, params, batch_stats, images, *, train: bool):
+    """Multi-input forward pass: task ``t``'s head on task ``t``'s images.
+
+    Args:
+      params: ``{'encoder': ..., 'heads': ...}``.
+      batch_stats: the same keys.
+      images: ``[T, B, ...]``, task ``t``'s batch at ``t`` (``task_images``).
+      train: BatchNorm mode.
+
+    Returns:
+      ``({task: output of its head on its own batch}, new_batch_stats)``.
+    """
+    z, encoder_stats = self.encode_tasks(params['encoder'],
+                                         batch_stats['encoder'], images,
+                                         train=train)
+    outputs, head_stats = self.decode_tasks(params['heads'],
+                                            batch_stats['heads'], z,
+                                            train=train)
+    return outputs, {'encoder': encoder_stats, 'heads': head_stats}
+
   # -- losses ---------------------------------------------------------------
 
   def _check_task_losses(self, task_losses: Mapping[str, TaskLoss]):
@@ -216,24 +316,52 @@ class FunctionalModel:
                        batch) -> jax.Array:
     """``[T]`` losses in ``tasks`` order, in float32 (float64 when a task's
     loss is float64)."""
-    values = [jnp.asarray(task_losses[t](outputs[t], batch))
-              for t in self.tasks]
+    return self._stack_losses(
+        [task_losses[t](outputs[t], batch) for t in self.tasks])
+
+  def task_loss_vector_multi_input(self, task_losses: Mapping[str, TaskLoss],
+                                   outputs, batches) -> jax.Array:
+    """``[T]`` losses, task ``t``'s on its own batch ``batches[t]``."""
+    return self._stack_losses(
+        [task_losses[t](outputs[t], batches[t]) for t in self.tasks])
+
+  @staticmethod
+  def _stack_losses(values) -> jax.Array:
+    values = [jnp.asarray(v) for v in values]
     dtype = jnp.result_type(jnp.float32, *[v.dtype for v in values])
     return jnp.stack([v.astype(dtype) for v in values])
 
   def loss_fn(self, task_losses: Mapping[str, TaskLoss], *,
-              train: bool = True) -> Callable:
+              train: bool = True, multi_input: bool = False) -> Callable:
     """The parameter-level loss for ``mtl.value_and_jacobian(..., has_aux=True)``.
+
+    ``mtl.value_and_jacobian`` needs nothing more for multi-input tasks: it
+    differentiates any function of the parameters that returns the ``[T]``
+    losses, whatever the batches, so with ``multi_input=True`` row ``t`` of
+    the Jacobian is the gradient of task ``t``'s loss on its own batch.
 
     Args:
       task_losses: task -> ``fn(output, batch) -> scalar``.
       train: BatchNorm mode.
+      multi_input: the batch is ``{task: batch_t}`` (one batch per task, the
+        same batch size): task ``t``'s loss is its head's on
+        ``batch_t['image']`` against ``batch_t`` (``apply_tasks``).
 
     Returns:
       ``loss_fn(params, batch_stats, batch) -> (losses [T], new_batch_stats)``,
-      the input image read from ``batch['image']``.
+      the input image read from ``batch['image']`` (multi-input: from each
+      task's ``batch[t]['image']``).
     """
     self._check_task_losses(task_losses)
+
+    if multi_input:
+      def multi_input_loss_fn(params, batch_stats, batches):
+        outputs, new_stats = self.apply_tasks(
+            params, batch_stats, task_images(batches, self.tasks),
+            train=train)
+        return (self.task_loss_vector_multi_input(task_losses, outputs,
+                                                  batches), new_stats)
+      return multi_input_loss_fn
 
     def loss_fn(params, batch_stats, batch):
       outputs, new_stats = self.apply(params, batch_stats, batch['image'],
@@ -243,7 +371,8 @@ class FunctionalModel:
     return loss_fn
 
   def representation_fns(self, task_losses: Mapping[str, TaskLoss], *,
-                         train: bool = True) -> tuple[Callable, Callable]:
+                         train: bool = True, multi_input: bool = False
+                         ) -> tuple[Callable, Callable]:
     """``(encode, heads_losses)`` for ``mtl.representation_grads``.
 
     Use with ``encoder_has_aux=True, heads_has_aux=True`` and call the step
@@ -251,6 +380,20 @@ class FunctionalModel:
     (batch_stats['encoder'], batch['image']), (batch_stats['heads'],
     batch))``; the new statistics are ``out.encoder_aux`` and
     ``out.heads_aux``. ``representation_step`` does exactly this.
+
+    With ``multi_input=True`` the inputs are ``(encoder_stats, images)``,
+    ``images = task_images(batches, tasks)`` ``[T, B, ...]``, and the batch
+    ``(head_stats, batches)``: ``z`` is the stack of every task's own
+    batch's representation, ``z_t = encode(x_t)``, and task ``t``'s loss
+    reads ``z_t`` only. So ``∂L_s/∂z`` is zero outside slice ``s``, and the
+    z-level Gramian is **diagonal**, ``K_z = diag(‖∂L_t/∂z_t‖²)``: the
+    "-UB" step is well defined (``Σ_t c_t ∂L_t/∂z`` is the cotangent of the
+    stacked ``z``, and MGDA-UB's bound ``‖∇_θ Σ c_t L_t‖ ≤ ‖∂z/∂θ‖ ‖Σ_t c_t
+    ∂L_t/∂z‖`` holds for it), but the tasks never conflict at ``z``: the
+    methods reduce to rescaling the tasks' z-gradients by their norms
+    (Aligned-MTL-UB: ``c_t = w_t·λ_min^½/‖∂L_t/∂z_t‖``; MGDA-UB: ``c_t ∝
+    1/‖∂L_t/∂z_t‖²``). Conflicts between the tasks arise in the shared
+    encoder's parameters only; the parameter level sees them.
 
     Returns:
       ``encode(encoder_params, (encoder_stats, x)) -> (z, new_encoder_stats)``
@@ -265,6 +408,21 @@ class FunctionalModel:
       raise ValueError(self.representation_error)
     self._check_task_losses(task_losses)
 
+    if multi_input:
+      def encode_tasks(encoder_params, inputs):
+        encoder_stats, images = inputs
+        return self.encode_tasks(encoder_params, encoder_stats, images,
+                                 train=train)
+
+      def heads_losses_tasks(head_params, z, batch):
+        head_stats, batches = batch
+        outputs, new_stats = self.decode_tasks(head_params, head_stats, z,
+                                               train=train)
+        return (self.task_loss_vector_multi_input(task_losses, outputs,
+                                                  batches), new_stats)
+
+      return encode_tasks, heads_losses_tasks
+
     def encode(encoder_params, inputs):
       encoder_stats, x = inputs
       return self.encode(encoder_params, encoder_stats, x, train=train)
@@ -278,7 +436,8 @@ class FunctionalModel:
 
   def representation_step(self, task_losses: Mapping[str, TaskLoss],
                           aggregator, *, train: bool = True,
-                          preferences: jax.Array | None = None) -> Callable:
+                          preferences: jax.Array | None = None,
+                          multi_input: bool = False) -> Callable:
     """The representation-level ("-UB") step on ``params``/``batch_stats``.
 
     Args:
@@ -287,20 +446,25 @@ class FunctionalModel:
         Aligned-MTL-UB); initialise its state with ``aggregator.init(None)``.
       train: BatchNorm mode.
       preferences: ``[T]`` weights of the heads' gradient (default ones).
+      multi_input: the batch is ``{task: batch_t}``; ``z`` stacks every
+        task's own representation and its Gramian is diagonal (see
+        ``representation_fns``).
 
     Returns:
       ``step(params, batch_stats, aggregator_state, batch, **extra) ->
       RepresentationStep(losses, grads, batch_stats, aggregator_state)``,
       ``grads`` with ``params``' structure.
     """
-    encode, heads_losses = self.representation_fns(task_losses, train=train)
+    encode, heads_losses = self.representation_fns(
+        task_losses, train=train, multi_input=multi_input)
     inner = jacobian_lib.representation_grads(
         encode, heads_losses, aggregator, preferences=preferences,
         encoder_has_aux=True, heads_has_aux=True)
+    images = self._images_fn(multi_input)
 
     def step(params, batch_stats, aggregator_state, batch, **extra):
       out = inner(params['encoder'], params['heads'], aggregator_state,
-                  (batch_stats['encoder'], batch['image']),
+                  (batch_stats['encoder'], images(batch)),
                   (batch_stats['heads'], batch), **extra)
       return RepresentationStep(
           losses=out.losses,
@@ -310,8 +474,16 @@ class FunctionalModel:
 
     return step
 
+  def _images_fn(self, multi_input: bool) -> Callable:
+    """``batch -> the encoder's input``: ``batch['image']``, or the tasks'
+    stacked images (``task_images``) for multi-input batches."""
+    if multi_input:
+      return lambda batches: task_images(batches, self.tasks)
+    return lambda batch: batch['image']
+
   def representation_gramians(self, task_losses: Mapping[str, TaskLoss], *,
-                              train: bool = True) -> Callable:
+                              train: bool = True,
+                              multi_input: bool = False) -> Callable:
     """Both levels' Gramians and the Jacobian isotropy, for one batch.
 
     ``mtl.representation_gramians`` on this model: ``K_z`` of the per-task
@@ -326,6 +498,8 @@ class FunctionalModel:
       task_losses: task -> ``fn(output, batch) -> scalar``.
       train: BatchNorm mode (batch statistics in train mode; the new
         statistics are discarded).
+      multi_input: the batch is ``{task: batch_t}`` (``K_z`` is then
+        diagonal, see ``representation_fns``).
 
     Returns:
       ``fn(params, batch_stats, batch) -> mtl.RepresentationGramians``, a
@@ -345,13 +519,15 @@ class FunctionalModel:
       >>> out.gram_theta.shape, bool(out.jacobian_isotropy >= 1)
       ((2, 2), True)
     """
-    encode, heads_losses = self.representation_fns(task_losses, train=train)
+    encode, heads_losses = self.representation_fns(
+        task_losses, train=train, multi_input=multi_input)
     inner = jacobian_lib.representation_gramians(
         encode, heads_losses, encoder_has_aux=True, heads_has_aux=True)
+    images = self._images_fn(multi_input)
 
     def fn(params, batch_stats, batch):
       return inner(params['encoder'], params['heads'],
-                   (batch_stats['encoder'], batch['image']),
+                   (batch_stats['encoder'], images(batch)),
                    (batch_stats['heads'], batch))
 
     return fn

@@ -184,6 +184,39 @@ class ConvBN(nnx.Module):
     return self.norm(self.conv(x))
 
 
+# ImageNet's per-channel RGB mean and standard deviation (torchvision's
+# transforms.Normalize values for its pretrained models).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Standardize(nnx.Module):
+  """``(x − mean) / std`` over the last (channel) axis; no parameters.
+
+  The default constants are ImageNet's, what torchvision's pretrained
+  networks expect of images in [0, 1].
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> y = Standardize()(jnp.full((1, 3), 0.485))
+    >>> round(float(y[0, 0]), 6)
+    0.0
+  """
+
+  def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN,
+               std: tuple[float, ...] = IMAGENET_STD):
+    if len(mean) != len(std) or min(std) <= 0:
+      raise ValueError(f'mean and std need one value per channel and std > 0; '
+                       f'got mean={mean}, std={std}.')
+    self.mean = tuple(float(m) for m in mean)
+    self.std = tuple(float(s) for s in std)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = jnp.result_type(x.dtype, jnp.float32)
+    return ((x - jnp.asarray(self.mean, dtype)) /
+            jnp.asarray(self.std, dtype))
+
+
 class UnitNormalized(nnx.Module):
   """Wraps a head and scales its output to unit L2 norm on the last axis.
 

@@ -14,6 +14,8 @@ name                            dataset       input      tasks (outputs)
                                 cityscapes    128×256×3  ``'cityscapes2'``: segmentation (7),
                                                          depth (1)
 ``vgg16_cifar100mt``            cifar100_mt   32×32×3    20 coarse classes (5 logits each)
+``resnet18_office``             office31 or   224×224×3  one task per domain (31 or 65 logits),
+                                office_home              multi-input: each domain its own images
 ``{arch}_mlp``                  multi_mnist   28×28×1    left, right (10 logits)
 ``{arch}_resnet18_celeba``      celeb_a       64×64×3    40 attributes (2 logits each)
 ==============================  ============  =========  =====================================
@@ -39,10 +41,13 @@ import dataclasses
 import os
 from typing import Any, Callable, Mapping, Sequence
 
+import jax
 from flax import nnx
 
 from mtl_optax.data.task_names import CELEBA_ATTRIBUTES
 from mtl_optax.data.task_names import CIFAR100_COARSE_CLASSES
+from mtl_optax.data.task_names import OFFICE_CLASSES
+from mtl_optax.data.task_names import OFFICE_DOMAINS
 from mtl_optax.models import architectures
 from mtl_optax.models import base
 from mtl_optax.models import heads as heads_lib
@@ -221,6 +226,88 @@ def vgg16_cifar100mt(*, rngs: nnx.Rngs | int = 0,
       for t in tasks})
 
 
+class OfficeEncoder(nnx.Module):
+  """LibMTL's Office encoder: ImageNet standardisation, a pooled ResNet-18
+  (7×7 stem) and a hidden FC + BatchNorm + ReLU (``hidden=None``: none).
+
+  LibMTL's hidden layer also has Dropout(0.5), left out here (the functional
+  view holds parameters and BatchNorm statistics only, no random state).
+  Its FC is initialised as LibMTL's: weights N(0, 0.005²), biases 0.1.
+
+  Attributes:
+    num_features: size of the representation ``z`` (``hidden``, or 512).
+  """
+
+  def __init__(self, *, width: int = 64, hidden: int | None = 512,
+               standardize: bool = True, in_features: int = 3,
+               pretrained: Pretrained = None, rngs: nnx.Rngs):
+    self.standardize = layers.Standardize() if standardize else None
+    self.resnet = resnet_lib.resnet(depth=18, width=width,
+                                    in_features=in_features,
+                                    pretrained=pretrained, rngs=rngs)
+    if hidden:
+      self.hidden = nnx.Linear(
+          self.resnet.num_features, hidden, rngs=rngs,
+          kernel_init=nnx.initializers.normal(0.005),
+          bias_init=nnx.initializers.constant(0.1))
+      self.norm = layers.batch_norm(hidden, rngs=rngs)
+    else:
+      self.hidden = self.norm = None
+    self.num_features = hidden or self.resnet.num_features
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.standardize is not None:
+      x = self.standardize(x)
+    z = self.resnet(x)
+    if self.hidden is not None:
+      z = nnx.relu(self.norm(self.hidden(z)))
+    return z
+
+
+def _office_tasks(tasks: str | Sequence[str]) -> tuple[str, ...]:
+  if isinstance(tasks, str):
+    if tasks not in OFFICE_DOMAINS:
+      raise ValueError(f'tasks must be {" or ".join(map(repr, OFFICE_DOMAINS))}'
+                       f' or a sequence of task names, got {tasks!r}.')
+    return OFFICE_DOMAINS[tasks]
+  return tuple(tasks)
+
+
+def resnet18_office(*, rngs: nnx.Rngs | int = 0,
+                    tasks: str | Sequence[str] = 'office31',
+                    num_classes: int | None = None, width: int = 64,
+                    hidden: int | None = 512, standardize: bool = True,
+                    in_features: int = 3,
+                    pretrained: Pretrained = None) -> base.MultiTaskModel:
+  """LibMTL's Office-31 / Office-Home network: a shared ``OfficeEncoder``
+  (pooled ResNet-18 + FC 512 + BatchNorm + ReLU) and one linear classifier
+  per domain (PyTorch's default initialisation, as LibMTL's ``nn.Linear``).
+
+  A multi-input model: domain ``t``'s head classifies domain ``t``'s images
+  (train with ``multi_input`` batches, ``{domain: batch}``). ``tasks``:
+  ``'office31'`` (amazon, dslr, webcam; 31 classes) or ``'office_home'``
+  (Art, Clipart, Product, Real_World; 65 classes), or your own task names
+  (then give ``num_classes``). ``pretrained``: a torchvision ``resnet18``
+  checkpoint for the ResNet (LibMTL starts from ImageNet weights);
+  ``standardize`` applies ImageNet's mean/std to the [0, 1] images, as
+  LibMTL's ``Normalize``.
+  """
+  rngs = _rngs(rngs)
+  if num_classes is None:
+    if not isinstance(tasks, str):
+      raise ValueError('num_classes is needed with your own task names; '
+                       "tasks='office31' or 'office_home' implies it.")
+    num_classes = OFFICE_CLASSES[tasks]
+  tasks = _office_tasks(tasks)
+  encoder = OfficeEncoder(width=width, hidden=hidden, standardize=standardize,
+                          in_features=in_features, pretrained=pretrained,
+                          rngs=rngs)
+  return base.MultiTaskModel(encoder, {
+      t: nnx.Linear(encoder.num_features, num_classes, rngs=rngs,
+                    **layers.torch_default_init(encoder.num_features))
+      for t in tasks})
+
+
 # -- losses -------------------------------------------------------------------
 
 _DENSE_LOSSES: dict[str, losses.TaskLoss] = {
@@ -256,6 +343,11 @@ def _pose_losses(*, norm: str = 'l2', **_):
       'orientation': losses.target_loss(losses.pose_orientation_loss,
                                         'orientation', norm=norm),
   }
+
+
+def _office_losses(*, tasks: str | Sequence[str] = 'office31', **_):
+  return {t: losses.target_loss(losses.softmax_cross_entropy, t)
+          for t in _office_tasks(tasks)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,6 +387,8 @@ _REGISTRY: dict[str, ModelSpec] = {
     'vgg16_cifar100mt': ModelSpec(
         vgg16_cifar100mt, _classification_losses(CIFAR100_COARSE_CLASSES),
         'cifar100_mt', (32, 32, 3)),
+    'resnet18_office': ModelSpec(
+        resnet18_office, _office_losses, 'office31', (224, 224, 3)),
 }
 for _arch in architectures.ARCHITECTURES:
   _REGISTRY[f'{_arch}_mlp'] = ModelSpec(
