@@ -122,18 +122,25 @@ def synthetic_data_fn(dataset: str, num_examples: int, *,
 
   Returns:
     ``data_fn(split, *, batch_size, seed, shuffle, num_epochs,
-    drop_remainder, state=None)`` -> a ``Loader``; every split yields the
-    same examples.
+    drop_remainder, state=None)`` -> a ``Loader`` (a ``MultiInputLoader``
+    of ``num_examples`` per task for a multi-input dataset); every split
+    yields the same examples.
   """
   from mtl_optax import data
   arrays = data.random_batch(dataset, num_examples, seed=seed)
+  multi_input = data.is_multi_input(dataset)
 
   def data_fn(split, *, batch_size, seed, shuffle, num_epochs,
               drop_remainder, state=None):
     del split
-    return data.Loader(data.ArraySource(arrays), batch_size=batch_size,
-                       seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                       drop_remainder=drop_remainder, state=state)
+    options = dict(batch_size=batch_size, seed=seed, shuffle=shuffle,
+                   num_epochs=num_epochs, drop_remainder=drop_remainder,
+                   state=state)
+    if multi_input:
+      return data.MultiInputLoader(
+          {task: data.ArraySource(a) for task, a in arrays.items()},
+          **options)
+    return data.Loader(data.ArraySource(arrays), **options)
 
   return data_fn
 

@@ -28,6 +28,13 @@ exactly once::
                              method='aligned_mtl', data_dir=DIR)
     result = training.train(config, workdir='/tmp/run')
 
+Multi-input datasets (``office31``, ``office_home``: each task has its own
+examples, LibMTL's multi-input mode) train the same way: every step reads
+``{task: batch_t}`` (a ``data.MultiInputLoader``), task ``t``'s loss is its
+head's on its own batch, an epoch is one pass over the largest task, and
+evaluation runs every task on its own split and adds the tasks' average
+(see ``Config.multi_input``).
+
 A learning-rate (and seed) grid of one method runs as one program:
 ``train(config, sweep={'learning_rate': [1e-3, 3e-3]})`` stacks the runs'
 states and ``jax.vmap``s the step over them, the batches shared (see
@@ -112,12 +119,15 @@ class Config:
       test set beside a validation split, to report the test accuracy of
       the evaluation with the best validation accuracy); their metrics are
       in each evaluation's ``'extra_metrics'``, by split.
-    batch_size: global training batch size.
+    batch_size: global training batch size (multi-input: of every task's
+      batch).
     eval_batch_size: evaluation batch size (default ``batch_size``).
     optimizer: ``'adam'``, ``'adamw'`` or ``'sgd'`` (with ``momentum``).
     learning_rate: the initial learning rate.
     momentum: SGD momentum (ignored by Adam).
-    weight_decay: decoupled weight decay (``adamw``) or L2 added to SGD.
+    weight_decay: decoupled weight decay (``adamw``), or L2 added to the
+      gradient (``sgd``; ``adam``, as ``torch.optim.Adam``'s
+      ``weight_decay``).
     lr_decay_epochs: epochs after which the learning rate is multiplied by
       ``lr_decay_factor`` (a step schedule; empty = constant).
     lr_decay_factor: the factor of each decay.
@@ -141,6 +151,20 @@ class Config:
       ``compiler.cpu_compiler_options()`` (XLA's own convolutions instead
       of YNNPACK's, 2-3× faster; a per-step option, never a global flag).
       No effect on GPU/TPU.
+    multi_input: each task has its own examples (LibMTL's multi-input mode,
+      e.g. the Office domains); None (the default): the dataset's
+      (``data.is_multi_input``; False for a name ``data`` does not know).
+      The training stream then yields ``{task: batch_t}`` (``data_fn``
+      returns a ``data.MultiInputLoader``), task ``t``'s loss is its head's
+      on ``batch_t`` (``FunctionalModel.loss_fn(multi_input=True)``),
+      ``batch_size`` is every task's and an epoch one pass over the largest
+      task (the smaller ones cycle). Evaluation runs each task's head on its
+      own split (``MultiInputLoader.per_task``, ``max_eval_batches`` per
+      task) and adds ``'average'``, the mean over the tasks of each metric.
+      At the representation level ``z`` stacks the tasks' own
+      representations: its Gramian is diagonal (the tasks meet only in the
+      encoder's parameters), so the "-UB" methods only rescale the tasks'
+      z-gradients (see ``FunctionalModel.representation_fns``).
   """
 
   model: str
@@ -171,6 +195,7 @@ class Config:
   checkpoint_every_steps: int | None = 1000
   checkpoint_every_seconds: float | None = 300.0
   fast_cpu_convolutions: bool = True
+  multi_input: bool | None = None
 
   def replace(self, **changes) -> 'Config':
     """A copy with ``changes`` (unknown names raise ``TypeError``)."""
@@ -219,6 +244,9 @@ class Experiment(NamedTuple):
   # A sweep's runs (``build_sweep``): each run's Config overrides, in the
   # order of the state's leading run axis; None for a single run.
   runs: tuple[dict[str, Any], ...] | None = None
+  # Each task has its own batch (``Config.multi_input``): the steps take
+  # ``{task: batch}``.
+  multi_input: bool = False
 
 
 # The vmap axes of a sweep's stacked ``TrainState``: the step is shared.
@@ -381,8 +409,16 @@ def learning_rate_schedule(config: Config, steps_per_epoch: int
 
 def make_optimizer(config: Config, schedule: optax.Schedule
                    ) -> optax.GradientTransformation:
-  """The optimizer a config names, with its learning-rate schedule."""
+  """The optimizer a config names, with its learning-rate schedule.
+
+  ``weight_decay`` is decoupled for ``'adamw'`` and an L2 term added to the
+  gradient for ``'sgd'`` and ``'adam'`` (``torch.optim.Adam``'s
+  ``weight_decay``, which LibMTL's configs use).
+  """
   if config.optimizer == 'adam':
+    if config.weight_decay:    # L2 in the gradient, as torch.optim.Adam
+      return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                         optax.adam(schedule))
     return optax.adam(schedule)
   if config.optimizer == 'adamw':
     return optax.adamw(schedule, weight_decay=config.weight_decay)
@@ -652,6 +688,19 @@ def _check_config(config: Config) -> None:
   if extra and config.eval_split is None:
     raise ValueError('extra_eval_splits needs an eval_split: they are '
                      'evaluated with it; set eval_split too.')
+  if config.multi_input not in (None, True, False):
+    raise ValueError(f'multi_input must be None (the dataset\'s), True or '
+                     f'False, got {config.multi_input!r}.')
+
+
+def is_multi_input(config: Config) -> bool:
+  """Whether ``config`` trains in the multi-input mode (``Config.multi_input``;
+  None: the dataset's, False for a dataset ``mtl_optax.data`` does not know)."""
+  if config.multi_input is not None:
+    return bool(config.multi_input)
+  from mtl_optax import data
+  return (config.dataset in data.DATASETS
+          and data.is_multi_input(config.dataset))
 
 
 def build(config: Config, *, num_train_examples: int) -> Experiment:
@@ -730,6 +779,7 @@ def _build(config: Config, *, num_train_examples: int,
   from mtl_optax import models   # the zoo imports flax layers: import late
 
   _check_config(config)
+  multi_input = is_multi_input(config)
   model, task_losses = create_model(config)
   fm = models.functional(model)
   tasks = fm.tasks
@@ -759,7 +809,7 @@ def _build(config: Config, *, num_train_examples: int,
 
   if config.level == 'parameter':
     tx = optax.chain(aggregator, optimizer)
-    loss_fn = fm.loss_fn(task_losses, train=True)
+    loss_fn = fm.loss_fn(task_losses, train=True, multi_input=multi_input)
     init_state = TrainState(jnp.zeros((), jnp.int32), fm.params,
                             fm.batch_stats, tx.init(fm.params), ())
 
@@ -776,7 +826,8 @@ def _build(config: Config, *, num_train_examples: int,
       return new, _log(losses, agg_state, learning_rate(state), t)
 
   else:
-    rep_step = fm.representation_step(task_losses, aggregator, train=True)
+    rep_step = fm.representation_step(task_losses, aggregator, train=True,
+                                      multi_input=multi_input)
     init_state = TrainState(jnp.zeros((), jnp.int32), fm.params,
                             fm.batch_stats, optimizer.init(fm.params),
                             aggregator.init(None))
@@ -796,6 +847,10 @@ def _build(config: Config, *, num_train_examples: int,
 
   eval_metrics = default_eval_metrics(
       config.dataset, tasks, capacity=_eval_capacity(config))
+  if multi_input and set(eval_metrics) != set(tasks):
+    raise ValueError(
+        f'multi-input evaluation needs one metric per task ({sorted(tasks)}); '
+        f'the metrics of {config.dataset!r} are {sorted(eval_metrics)}.')
 
   cpu_options = step_compiler_options(config)
 
@@ -808,13 +863,28 @@ def _build(config: Config, *, num_train_examples: int,
       new[name] = spec.metric.update(metric_states[name], pred, target, mask)
     return new
 
+  if multi_input:
+    def eval_step(metric_states, state: TrainState, batch: Batch):  # pylint: disable=function-redefined
+      # ``batch``: {task: batch_t} for some tasks (``per_task`` yields one);
+      # each such task's metric is updated on its own batch.
+      new = dict(metric_states)
+      for task, task_batch in batch.items():
+        outputs, _ = fm.apply(state.params, state.batch_stats,
+                              task_batch['image'], train=False)
+        spec = eval_metrics[task]
+        pred, target, mask = spec.inputs(outputs, task_batch)
+        new[task] = spec.metric.update(metric_states[task], pred, target,
+                                       mask)
+      return new
+
   return Experiment(
       config=config, model=fm, tasks=tasks, init_state=init_state,
       train_step=compiler.jit(train_step, options=cpu_options,
                               donate_argnums=0),
       eval_metrics=eval_metrics,
       eval_step=compiler.jit(eval_step, options=cpu_options),
-      steps_per_epoch=steps_per_epoch, num_steps=num_steps)
+      steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+      multi_input=multi_input)
 
 
 def step_compiler_options(config: Config) -> dict[str, Any]:
@@ -851,30 +921,54 @@ def evaluate(experiment: Experiment, state: TrainState,
              batches: Iterable[Batch]) -> Metrics | list[Metrics]:
   """The evaluation metrics over ``batches`` (BatchNorm in eval mode).
 
+  For a multi-input experiment the batches are ``{task: batch_t}`` (e.g.
+  ``MultiInputLoader.per_task()``), ``max_eval_batches`` counts each task's,
+  and the result has ``'average'``: each metric's mean over the tasks
+  (``count`` left out).
+
   Returns:
     ``{name: {metric: value}}`` as Python floats; for a sweep's experiment
     (``build_sweep``) a list of them, one per run.
   """
   runs = experiment.runs
+  limit = experiment.config.max_eval_batches
   metric_states = {name: spec.metric.init()
                    for name, spec in experiment.eval_metrics.items()}
   if runs is not None:
     metric_states = jax.tree.map(lambda x: jnp.stack([x] * len(runs)),
                                  metric_states)
+  seen: collections.Counter = collections.Counter()
   for i, batch in enumerate(batches):
-    if (experiment.config.max_eval_batches is not None
-        and i >= experiment.config.max_eval_batches):
+    if experiment.multi_input:
+      key = tuple(batch)
+      if limit is not None and seen[key] >= limit:
+        continue
+      seen[key] += 1
+    elif limit is not None and i >= limit:
       break
     metric_states = experiment.eval_step(metric_states, state, batch)
   computed = {name: (spec.metric.compute if runs is None
                      else jax.vmap(spec.metric.compute))(metric_states[name])
               for name, spec in experiment.eval_metrics.items()}
   computed = jax.device_get(computed)
+  finish = _with_average if experiment.multi_input else (lambda m: m)
   if runs is None:
-    return {name: {k: float(v) for k, v in values.items()}
-            for name, values in computed.items()}
-  return [{name: {k: float(v[r]) for k, v in values.items()}
-           for name, values in computed.items()} for r in range(len(runs))]
+    return finish({name: {k: float(v) for k, v in values.items()}
+                   for name, values in computed.items()})
+  return [finish({name: {k: float(v[r]) for k, v in values.items()}
+                  for name, values in computed.items()})
+          for r in range(len(runs))]
+
+
+def _with_average(metrics: Metrics) -> Metrics:
+  """``metrics`` and ``'average'``: each metric every task reports, averaged
+  over the tasks (``count`` left out); unchanged if a task is named so."""
+  if 'average' in metrics or not metrics:
+    return metrics
+  names = set.intersection(*(set(v) for v in metrics.values())) - {'count'}
+  average = {name: float(np.mean([v[name] for v in metrics.values()]))
+             for name in sorted(names)}
+  return {**metrics, 'average': average}
 
 
 # -- checkpoints ----------------------------------------------------------------
@@ -1233,7 +1327,10 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
       at each evaluation).
     data_fn: ``data_fn(split, *, batch_size, seed, shuffle, num_epochs,
       drop_remainder, state=None)`` -> batch iterator with ``get_state()``;
-      default ``mtl_optax.data.load`` on ``config.dataset``.
+      default ``mtl_optax.data.load`` on ``config.dataset``. Multi-input
+      (``Config.multi_input``): an iterator of ``{task: batch}`` that also
+      has ``per_task()`` for the evaluation, e.g. a
+      ``data.MultiInputLoader``.
     num_train_examples: size of the training split (default: asked from
       the data iterator's ``num_examples``).
     stop_after: stop (with a checkpoint) after this global step, as if the
@@ -1265,6 +1362,7 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
       ``workdir`` whose checkpoint is of other runs.
   """
   axes = None if sweep is None else sweep_axes(sweep)   # fail fast
+  multi_input = is_multi_input(config)
   data_fn = data_fn or (lambda split, **kw: _default_data(config, split, **kw))
   manager = _checkpoint_manager(workdir) if workdir is not None else None
 
@@ -1406,6 +1504,13 @@ def train(config: Config, *, workdir: str | os.PathLike | None = None,
                       batch_size=config.eval_batch_size or config.batch_size,
                       seed=0, shuffle=False, num_epochs=1,
                       drop_remainder=False)
+    if multi_input:
+      if not hasattr(batches, 'per_task'):
+        raise TypeError(
+            'multi-input evaluation reads each task\'s split with per_task(); '
+            f'data_fn returned a {type(batches).__name__}. Return a '
+            'mtl_optax.data.MultiInputLoader (one source per task).')
+      batches = batches.per_task(config.max_eval_batches)
     return evaluate(experiment, state, map(place_eval, batches))
 
   def run_eval():

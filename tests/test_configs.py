@@ -11,7 +11,8 @@ from mtl_optax.data import loader as loader_lib
 
 SMALL_IMAGE = {'multi_mnist': None, 'celeb_a': (16, 16), 'cifar100_mt': None,
                'cityscapes': (32, 32), 'cityscapes_mtan': (32, 32),
-               'nyuv2': (32, 32), 'seven_scenes': (32, 32)}
+               'nyuv2': (32, 32), 'seven_scenes': (32, 32),
+               'office31': (16, 16), 'office_home': (16, 16)}
 
 
 def _data_fn(dataset):
@@ -19,10 +20,14 @@ def _data_fn(dataset):
 
   def data_fn(split, *, batch_size, seed, shuffle, num_epochs,
               drop_remainder, state=None):
-    return loader_lib.Loader(
-        loader_lib.ArraySource(arrays), batch_size=batch_size, seed=seed,
-        shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
-        prefetch=0, process_index=0, process_count=1, state=state)
+    options = dict(batch_size=batch_size, seed=seed, shuffle=shuffle,
+                   num_epochs=num_epochs, drop_remainder=drop_remainder,
+                   prefetch=0, process_index=0, process_count=1, state=state)
+    if data.is_multi_input(dataset):   # {task: arrays}: one stream per task
+      return loader_lib.MultiInputLoader(
+          {task: loader_lib.ArraySource(a) for task, a in arrays.items()},
+          **options)
+    return loader_lib.Loader(loader_lib.ArraySource(arrays), **options)
 
   return data_fn
 
@@ -49,6 +54,8 @@ def test_config_trains_two_steps(name, args):
   metrics = result.evaluations[-1]['metrics']
   values = [v for task in metrics.values() for v in task.values()]
   assert values and np.isfinite(values).all()
+  if data.is_multi_input(config.dataset):   # each domain, and their average
+    assert set(metrics) == set(data.tasks(config.dataset)) | {'average'}
 
 
 def test_unknown_config_is_a_clear_error():

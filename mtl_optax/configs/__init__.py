@@ -16,7 +16,7 @@ Example:
 import importlib
 
 NAMES = ('multi_mnist', 'celeb_a', 'cityscapes', 'cityscapes_mtan', 'nyuv2',
-         'seven_scenes', 'cifar100_mt')
+         'seven_scenes', 'cifar100_mt', 'office31', 'office_home')
 
 
 def get_config(name: str, **overrides):
