@@ -191,11 +191,13 @@ def train_run(spec: str, *, data_dir: str, workdir: pathlib.Path,
               seed: int, epochs: float, decay_epochs: tuple[float, ...],
               eval_every: float, with_test: bool, progress: bool,
               model_kwargs: dict | None = None,
+              dataset_options: dict | None = None,
               split_pair: tuple[str, str] | None = None) -> dict:
   """Trains (or resumes, or reads) one run; returns its ``result.json``.
 
-  ``model_kwargs`` go to ``lenet_multimnist``; ``split_pair`` replaces the
-  (training, validation) splits of ``valid_size``.
+  ``model_kwargs`` go to ``lenet_multimnist``, ``dataset_options`` to the
+  data (beside the geometry); ``split_pair`` replaces the (training,
+  validation) splits of ``valid_size``.
   """
   from mtl_optax import training
   done = workdir / 'result.json'
@@ -206,7 +208,8 @@ def train_run(spec: str, *, data_dir: str, workdir: pathlib.Path,
   config = mnist_config.get_config(
       method=name, level=level, method_kwargs=kwargs, data_dir=data_dir,
       model_kwargs=dict(model_kwargs or {}),
-      dataset_options={'config': geometry}, train_split=train_split, eval_split=valid_split,
+      dataset_options={'config': geometry, **(dataset_options or {})},
+      train_split=train_split, eval_split=valid_split,
       extra_eval_splits=(TEST_SPLIT,) if with_test else (),
       num_epochs=epochs, lr_decay_epochs=decay_epochs,
       learning_rate=learning_rate, seed=seed, eval_every_epochs=eval_every,
@@ -367,6 +370,10 @@ ABLATIONS = {
                      "weights and biases, the papers' code) instead of "
                      "Flax's (LeCun-normal weights, zero biases)",
                      {'model_kwargs': {'init': 'pytorch'}}),
+    'mnist_normalize': ("inputs standardised with MNIST's mean and std "
+                        "(0.1307, 0.3081) as the papers' code, instead of "
+                        '[0, 1] pixels', {'dataset_options': {'normalize':
+                                                              True}}),
     'train_60k': ('all 60 000 training images; MNIST\'s test set is the '
                   'only held-out set, so the last epoch is reported (the '
                   "papers' code trains on the whole training set and "
@@ -383,7 +390,7 @@ def ablation_overrides(variant: str) -> dict:
       raise SystemExit(f'unknown ablation {part!r}; choose from '
                        f'{", ".join(ABLATIONS)}, joined with "+".')
     for key, value in ABLATIONS[part][1].items():
-      if key == 'model_kwargs':
+      if key in ('model_kwargs', 'dataset_options'):
         overrides.setdefault(key, {}).update(value)
       else:
         overrides[key] = value
@@ -423,6 +430,7 @@ def ablate(methods, variants, *, args) -> list[dict]:
             with_test=split_pair is None or split_pair[1] != TEST_SPLIT,
             progress=not args.no_progress,
             model_kwargs=overrides.get('model_kwargs'),
+            dataset_options=overrides.get('dataset_options'),
             split_pair=split_pair)
         record = dict(record, variant=variant)
         print(json.dumps({'method': spec, 'variant': variant, 'seed': seed,

@@ -182,6 +182,15 @@ def test_multi_mnist_builder_and_load(prepared_multi_mnist):
                      batch_size=4, seed=3, in_memory=True))
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
+  # normalize=True: MNIST's mean and std, as the papers' code; labels kept.
+  c = next(data.load('multi_mnist', 'train', data_dir=root / 'tfds',
+                     batch_size=4, seed=3, normalize=True))
+  np.testing.assert_allclose(c['image'], (b['image'] - 0.1307) / 0.3081,
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(c['left'], b['left'])
+  with pytest.raises(ValueError, match='normalize must be True or False'):
+    next(data.load('multi_mnist', 'train', data_dir=root / 'tfds',
+                   batch_size=4, normalize='mnist'))
 
 
 def test_multi_mnist_checksums_are_verified(prepared_multi_mnist, tmp_path):

@@ -115,8 +115,9 @@ def test_ablations_change_one_detail_each(tmp_path, data_dir):
                               '--final-epochs', '1', '--seeds', '1')])
   bench.main(['ablate', *_args(
       tmp_path, data_dir, '--methods', 'mgda:z', '--final-epochs', '1',
-      '--ablations', 'rate_1e-2,pytorch_init,train_60k+pytorch_init')])
-  runs = {r['variant']: r for r in json.loads(
+      '--ablations',
+      'rate_1e-2,pytorch_init,train_60k+pytorch_init+mnist_normalize')])
+  runs = {r['variant'].replace('+mnist_normalize', ''): r for r in json.loads(
       (tmp_path / 'mm_ablation.json').read_text())['runs']}
   final = json.loads((tmp_path / 'mm.json').read_text())['runs'][0]
   assert runs['rate_1e-2']['learning_rate'] == 1e-2
@@ -125,12 +126,15 @@ def test_ablations_change_one_detail_each(tmp_path, data_dir):
   # every training image and reports the last epoch of its only held-out
   # set, the test set.
   assert runs['pytorch_init']['final_losses'] != final['final_losses']
-  workdir = (tmp_path / 'runs' / 'ablate' / 'train_60k+pytorch_init'
+  workdir = (tmp_path / 'runs' / 'ablate'
+             / 'train_60k+pytorch_init+mnist_normalize'
              / bench.run_name('mgda:z') / 'lr0.05_seed0')
   config = json.loads((workdir / 'log.jsonl').read_text().splitlines()[0])
   config = config['config']
   assert (config['train_split'], config['eval_split']) == ('train', 'test')
   assert config['model_kwargs'] == {'init': 'pytorch'}
+  assert config['dataset_options'] == {'config': 'sener_koltun',
+                                       'normalize': True}
   assert 'test' not in runs['train_60k+pytorch_init']['best']
   assert bench.reported_test(runs['train_60k+pytorch_init']) == tuple(
       runs['train_60k+pytorch_init']['last']['valid'])

@@ -79,7 +79,8 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec for spec in (
         DatasetSpec('multi_mnist', multi_mnist.TASKS, multi_mnist.data_source,
-                    multi_mnist.preprocess, in_memory=True),
+                    multi_mnist.preprocess, in_memory=True,
+                    preprocess_options=('normalize',)),
         DatasetSpec('celeb_a', celeb_a.TASKS, celeb_a.data_source,
                     celeb_a.preprocess, preprocess_options=('image_size',)),
         DatasetSpec('cifar100_mt', cifar100_mt.TASKS, cifar100_mt.data_source,

@@ -418,17 +418,40 @@ def data_source(split: str, *, data_dir: str | os.PathLike | None = None,
   return builder.as_prepared_source(split)
 
 
-def preprocess(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Records -> ``{'image': float32 [B, 28, 28, 1] in [0, 1], 'left', 'right'}``.
+# MNIST's pixel mean and standard deviation (of [0, 1] values): the
+# normalisation of Sener & Koltun's code (``transforms.Normalize``).
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def preprocess(batch: Mapping[str, np.ndarray], *, normalize: bool = False
+               ) -> dict[str, np.ndarray]:
+  """Records -> ``{'image': float32 [B, 28, 28, 1], 'left', 'right'}``.
+
+  Args:
+    batch: the stored records (uint8 images, int labels).
+    normalize: False: pixels in [0, 1]; True: ``(x - 0.1307) / 0.3081``,
+      MNIST's mean and standard deviation, as the papers' code feeds LeNet
+      (a ``load``/``Config.dataset_options`` option).
+
+  Returns:
+    The batch as the model and the losses take it.
 
   Example:
     >>> b = preprocess({'image': np.full((2, 28, 28, 1), 255, np.uint8),
     ...                 'left': np.array([1, 2]), 'right': np.array([3, 4])})
     >>> b['image'].dtype, float(b['image'].max()), b['right'].dtype
     (dtype('float32'), 1.0, dtype('int32'))
+    >>> round(float(preprocess(b | {'image': np.zeros((1, 28, 28, 1),
+    ...     np.uint8)}, normalize=True)['image'].max()), 4)
+    -0.4242
   """
+  if not isinstance(normalize, (bool, np.bool_)):
+    raise ValueError(f'normalize must be True or False, got {normalize!r}.')
+  image = image_ops.to_float(batch['image'])
+  if normalize:
+    image = (image - np.float32(MNIST_MEAN)) / np.float32(MNIST_STD)
   return {
-      'image': image_ops.to_float(batch['image']),
+      'image': image,
       'left': np.asarray(batch['left'], np.int32),
       'right': np.asarray(batch['right'], np.int32),
   }
