@@ -1088,3 +1088,147 @@ def growth_rate(method_errors: jax.Array,
   p = jnp.mean(jnp.asarray(baseline_errors, jnp.float32), axis=axis)
   _check_nonzero(p, 'the mean baseline error')
   return 1.0 - p_i / p
+
+
+# Whether a lower value is better, for every metric the library's metrics
+# report (``count`` is not a performance metric and is never compared).
+LOWER_IS_BETTER: Mapping[str, bool] = {
+    # classification, segmentation
+    'accuracy': False, 'miou': False, 'pixel_accuracy': False,
+    # depth
+    'abs_err': True, 'rel_err': True,
+    'delta1': False, 'delta2': False, 'delta3': False,
+    # surface normals: the mean and median angle errors, within-t° fractions
+    'mean': True, 'median': True,
+    'within_11_25': False, 'within_22_5': False, 'within_30': False,
+    # per-pixel regression (instance offsets, disparity)
+    'mae': True, 'mse': True,
+    # camera pose
+    'median_translation': True, 'median_rotation': True,
+}
+
+
+def _compared_metrics(task: str, method: Mapping[str, Mapping[str, float]],
+                      baseline: Mapping[str, Mapping[str, float]],
+                      names: Sequence[str] | None) -> list[str]:
+  """The metric names of ``task`` compared by :func:`task_deltas`."""
+  if task not in baseline or task not in method:
+    where = 'the baseline' if task not in baseline else 'the method'
+    raise ValueError(f'task {task!r} is not in {where}\'s metrics (tasks '
+                     f'{sorted(method)} vs {sorted(baseline)}): give both '
+                     'the same tasks, or choose the compared ones with '
+                     'tasks=[...].')
+  if names is None:
+    names = [k for k in baseline[task] if k != 'count']
+  names = list(names)
+  if not names:
+    raise ValueError(f'task {task!r} has no metric to compare: give them with '
+                     f"metrics={{{task!r}: ['name', ...]}}.")
+  for name in names:
+    for what, values in (('method', method), ('baseline', baseline)):
+      if name not in values[task]:
+        raise ValueError(f'the {what} has no metric {name!r} for task '
+                         f'{task!r} (it has {sorted(values[task])}): choose '
+                         f"the compared ones with metrics={{{task!r}: "
+                         "[...]}.")
+  return names
+
+
+def task_deltas(method: Mapping[str, Mapping[str, float]],
+                baseline: Mapping[str, Mapping[str, float]], *,
+                lower_is_better: Mapping[str, bool] | None = None,
+                tasks: Sequence[str] | None = None,
+                metrics: Mapping[str, Sequence[str]] | None = None
+                ) -> dict[str, float]:
+  """``ΔT_i`` of Chai et al. (2022), Eq. (20), from evaluation dicts, in %.
+
+  The dict form of :func:`task_improvements`: ``method`` and ``baseline``
+  are ``{task: {metric: value}}`` as ``training.evaluate`` returns them (the
+  multi-task model's, and the single-task baselines' with task ``t`` taken
+  from the model trained on ``t``). ``ΔT_i`` is the mean over task ``i``'s
+  metrics of ``(-1)^{l_j} (M_j - M_{STL,j}) / M_{STL,j} · 100``.
+
+  Args:
+    method: the method's metrics, ``{task: {metric: value}}``.
+    baseline: the single-task baselines', same form (no zero value).
+    lower_is_better: ``{metric: bool}`` added to (and overriding)
+      :data:`LOWER_IS_BETTER`; a compared metric in neither is an error.
+    tasks: the tasks compared, in order (default: ``baseline``'s, without a
+      multi-input evaluation's ``'average'``).
+    metrics: ``{task: [metric, ...]}`` compared for those tasks (default:
+      every metric of the baseline's task but ``count``).
+
+  Returns:
+    ``{task: ΔT_task}`` as Python floats; positive is better than the
+    baseline.
+
+  Raises:
+    ValueError: a task or metric missing on either side, a metric whose
+      direction is unknown, or a zero baseline value.
+
+  Example:
+    >>> from mtl_optax import metrics
+    >>> stl = {'seg': {'miou': 0.40}, 'depth': {'abs_err': 1.0, 'count': 9}}
+    >>> mtl = {'seg': {'miou': 0.44}, 'depth': {'abs_err': 0.9, 'count': 9}}
+    >>> {k: round(v, 4) for k, v in metrics.task_deltas(mtl, stl).items()}
+    {'seg': 10.0, 'depth': 10.0}
+  """
+  table = dict(LOWER_IS_BETTER)
+  table.update(lower_is_better or {})
+  if tasks is None:
+    tasks = [t for t in baseline if t != 'average']
+  tasks = list(tasks)
+  if not tasks:
+    raise ValueError('no task to compare: the baseline has none (or give '
+                     'tasks=[...]).')
+  metrics = dict(metrics or {})
+  unknown_tasks = sorted(set(metrics) - set(tasks))
+  if unknown_tasks:
+    raise ValueError(f'metrics= names tasks {unknown_tasks} that are not '
+                     f'compared (tasks {tasks}): drop them or add them to '
+                     'tasks=[...].')
+  result = {}
+  for task in tasks:
+    names = _compared_metrics(task, method, baseline, metrics.get(task))
+    unknown = [n for n in names if n not in table]
+    if unknown:
+      raise ValueError(
+          f'whether lower is better is unknown for metric(s) {unknown} of '
+          f'task {task!r}: give it, e.g. lower_is_better='
+          f'{{{unknown[0]!r}: True}} (lower is better) or False.')
+    values = np.array([float(method[task][n]) for n in names], np.float64)
+    base = np.array([float(baseline[task][n]) for n in names], np.float64)
+    if np.any(base == 0):
+      zero = [n for n, b in zip(names, base) if b == 0]
+      raise ValueError(f'the baseline of task {task!r} is 0 for {zero}: the '
+                       'relative change against it is undefined; leave them '
+                       f"out with metrics={{{task!r}: [...]}}.")
+    sign = np.where([table[n] for n in names], -1.0, 1.0)
+    result[task] = float(np.mean(sign * (values - base) / base * 100.0))
+  return result
+
+
+def delta_mtl_of(method: Mapping[str, Mapping[str, float]],
+                 baseline: Mapping[str, Mapping[str, float]], *,
+                 lower_is_better: Mapping[str, bool] | None = None,
+                 tasks: Sequence[str] | None = None,
+                 metrics: Mapping[str, Sequence[str]] | None = None) -> float:
+  """Δ_MTL of Chai et al. (2022), Eq. (21), from evaluation dicts, in %.
+
+  ``Δ_MTL = (1/T) Σ_i ΔT_i`` with ``ΔT_i`` of :func:`task_deltas` (the mean
+  over each task's metrics first, then over the tasks): the dict form of
+  :func:`delta_mtl`. The arguments are :func:`task_deltas`'.
+
+  Returns:
+    Δ_MTL as a Python float; positive is better than the baselines.
+
+  Example:
+    >>> from mtl_optax import metrics
+    >>> stl = {'a': {'accuracy': 0.5}, 'b': {'accuracy': 0.8}}
+    >>> mtl = {'a': {'accuracy': 0.6}, 'b': {'accuracy': 0.8}}
+    >>> round(metrics.delta_mtl_of(mtl, stl), 4)  # (20 + 0) / 2
+    10.0
+  """
+  deltas = task_deltas(method, baseline, lower_is_better=lower_is_better,
+                       tasks=tasks, metrics=metrics)
+  return float(np.mean(list(deltas.values())))
