@@ -41,6 +41,10 @@ the config's ``seed``'s): on a GPU/TPU that one run leaves idle the grid
 costs about one run's time; on a CPU, separate runs are faster. The JSON
 printed at the end then has ``runs`` and a list of per-run metrics in each
 evaluation; the checkpoint resumes with the same ``--sweep`` only.
+``--single-task`` trains the config's single-task baselines instead (one
+run per task, ``WORKDIR/single_task_<task>``; see ``mtl_optax.protocol``) and
+prints ``{"single_task": {task: metrics}}``, the baselines of
+``mtl_optax.metrics.delta_mtl_of``.
 ``--data-parallel`` shards every batch over all devices (one host, or every
 host of a multi-host job started with ``--distributed``, which calls
 ``jax.distributed.initialize()`` first).
@@ -173,6 +177,11 @@ def _parser() -> argparse.ArgumentParser:
                       'batches: FIELD is learning_rate or seed; repeat the '
                       'flag for both (their product, e.g. --sweep '
                       'learning_rate=1e-3,1e-2 --sweep seed=0,1: 4 runs)')
+  parser.add_argument('--single-task', action='store_true',
+                      help='train the single-task baselines instead: one run '
+                      "per task of the config's model with only that task's "
+                      'loss (mtl_optax.protocol.single_task_baselines); '
+                      'prints {"single_task": {task: metrics}}')
   parser.add_argument('--data-parallel', action='store_true',
                       help='shard batches over all devices (a 1-D mesh)')
   parser.add_argument('--distributed', action='store_true',
@@ -218,6 +227,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.error(str(e))
   mesh = (jax.make_mesh((jax.device_count(),), ('data',))
           if args.data_parallel else None)
+  if args.single_task:
+    if sweep is not None or mesh is not None:
+      parser.error('--single-task trains one run per task: drop --sweep and '
+                   '--data-parallel.')
+    from mtl_optax import protocol
+    baselines = protocol.single_task_baselines(
+        config, data_fn=data_fn, workdir=args.workdir,
+        progress=jax.process_index() == 0)
+    print(json.dumps({'single_task': baselines}, indent=1))
+    return
   result = training.train(config, workdir=args.workdir, mesh=mesh,
                           data_fn=data_fn, sweep=sweep,
                           progress=jax.process_index() == 0)
