@@ -116,3 +116,123 @@ def single_task_baselines(config: training.Config, *,
                             progress=progress)
     baselines[task] = _final_task_metrics(result, task)
   return baselines
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+  arr = np.asarray(values, np.float64)
+  std = float(np.std(arr, ddof=1)) if arr.size > 1 else 0.0
+  return {'mean': float(np.mean(arr)), 'std': std}
+
+
+def seed_summary(evaluations_per_seed: Sequence[Sequence[Mapping[str, Any]]],
+                 *, last_k: int = 10) -> dict[str, Any]:
+  """Mean ± std over seeds of the final metrics and of the last-``K`` average.
+
+  Per seed, "final" is the last evaluation's metrics and "last-``K``
+  average" the mean of each metric over the last ``K`` evaluations (as
+  "the average of the last 10 epochs" that Senushkin et al. report for
+  Cityscapes); a seed with fewer evaluations averages all it has, and
+  ``last_k_used`` records the count actually used (the fewest of any seed).
+  Then the mean and the sample standard deviation (``ddof=1``; 0 for one
+  seed) over the seeds. ``count`` entries are left out.
+
+  Args:
+    evaluations_per_seed: each seed's ``TrainResult.evaluations`` (a list of
+      ``{'step', 'metrics': {task: {metric: value}}}``; single runs, not a
+      sweep's).
+    last_k: ``K >= 1``.
+
+  Returns:
+    ``{'num_seeds', 'last_k', 'last_k_used', 'final': {task: {metric:
+    {'mean', 'std'}}}, 'last_k_average': {...}}``.
+
+  Raises:
+    ValueError: no seed, a seed without evaluations, a sweep's evaluations,
+      seeds reporting different metrics, or ``last_k < 1``.
+  """
+  if not isinstance(last_k, int) or last_k < 1:
+    raise ValueError(f'last_k must be an integer >= 1, got {last_k!r}.')
+  runs = [list(evals) for evals in evaluations_per_seed]
+  if not runs:
+    raise ValueError('no seed: give one list of evaluations per seed.')
+  for i, evals in enumerate(runs):
+    if not evals:
+      raise ValueError(f'seed {i} has no evaluation: give the config an '
+                       'eval_split.')
+    if any(not isinstance(e['metrics'], Mapping) for e in evals):
+      raise ValueError('a sweep\'s evaluations (one metrics dict per run): '
+                       'split them with TrainResult.run(r) first.')
+  keys = [sorted((t, m) for t, v in evals[-1]['metrics'].items()
+                 for m in v if m != 'count') for evals in runs]
+  if any(k != keys[0] for k in keys):
+    raise ValueError('the seeds report different metrics: summarise runs of '
+                     'the same config only.')
+  used = min(last_k, *(len(evals) for evals in runs))
+  final: dict[str, dict[str, Any]] = {}
+  average: dict[str, dict[str, Any]] = {}
+  for task, metric in keys[0]:
+    finals = [evals[-1]['metrics'][task][metric] for evals in runs]
+    means = [float(np.mean([e['metrics'][task][metric]
+                            for e in evals[-used:]])) for evals in runs]
+    final.setdefault(task, {})[metric] = _mean_std(finals)
+    average.setdefault(task, {})[metric] = _mean_std(means)
+  return {'num_seeds': len(runs), 'last_k': last_k, 'last_k_used': used,
+          'final': final, 'last_k_average': average}
+
+
+def seed_table_markdown(summary: Mapping[str, Any]) -> str:
+  """``seed_summary``'s result as a markdown table (one row per metric)."""
+  k = summary['last_k_used']
+  lines = [f"Mean ± std over {summary['num_seeds']} seed(s).", '',
+           f'| task | metric | final | average of the last {k} evaluations |',
+           '|---|---|---|---|']
+  for task, values in summary['final'].items():
+    for metric, f in values.items():
+      a = summary['last_k_average'][task][metric]
+      lines.append(f"| {task} | {metric} | {f['mean']:.4f} ± {f['std']:.4f} "
+                   f"| {a['mean']:.4f} ± {a['std']:.4f} |")
+  return '\n'.join(lines) + '\n'
+
+
+def train_seeds(config: training.Config, seeds: Sequence[int], *,
+                data_fn: Callable[..., Any] | None = None,
+                workdir: str | os.PathLike | None = None,
+                last_k: int = 10, progress: bool = False) -> dict[str, Any]:
+  """Trains ``config`` once per seed and summarises them (``seed_summary``).
+
+  The runs are separate (``config.replace(seed=s)``, trained in turn), so
+  a seed varies the initialisation, the data order and the methods'
+  randomness (a ``--sweep seed=...`` shares one data order).
+
+  Args:
+    config: the run.
+    seeds: distinct integer seeds.
+    data_fn: as ``training.train``'s.
+    workdir: if given, seed ``s`` trains (and resumes) in
+      ``workdir/seed_<s>``, and the summary is written to
+      ``workdir/seeds.json`` and ``workdir/seeds.md``.
+    last_k: as ``seed_summary``'s.
+    progress: show each run's progress bar.
+
+  Returns:
+    ``seed_summary``'s dict, with ``'seeds'``.
+  """
+  seeds = list(seeds)
+  if (not seeds or len(set(seeds)) != len(seeds)
+      or not all(isinstance(s, int) and not isinstance(s, bool)
+                 for s in seeds)):
+    raise ValueError(f'seeds must be distinct integers, got {seeds!r}; e.g. '
+                     'seeds=range(3).')
+  runs = []
+  for seed in seeds:
+    run_dir = None if workdir is None else pathlib.Path(workdir) / f'seed_{seed}'
+    result = training.train(config.replace(seed=seed), workdir=run_dir,
+                            data_fn=data_fn, progress=progress)
+    runs.append(result.evaluations)
+  summary = {'seeds': seeds, **seed_summary(runs, last_k=last_k)}
+  if workdir is not None:
+    out = pathlib.Path(workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'seeds.json').write_text(json.dumps(summary, indent=1))
+    (out / 'seeds.md').write_text(seed_table_markdown(summary))
+  return summary

@@ -45,6 +45,11 @@ evaluation; the checkpoint resumes with the same ``--sweep`` only.
 run per task, ``WORKDIR/single_task_<task>``; see ``mtl_optax.protocol``) and
 prints ``{"single_task": {task: metrics}}``, the baselines of
 ``mtl_optax.metrics.delta_mtl_of``.
+``--seeds N`` trains N separate runs (seeds ``config.seed`` onwards,
+``WORKDIR/seed_<s>``) and prints the mean ± std over them of the final
+metrics and of the average of the last ``--last-k`` evaluations
+(``mtl_optax.protocol.train_seeds``; with ``--workdir`` also
+``WORKDIR/seeds.json`` and ``seeds.md``).
 ``--data-parallel`` shards every batch over all devices (one host, or every
 host of a multi-host job started with ``--distributed``, which calls
 ``jax.distributed.initialize()`` first).
@@ -182,6 +187,15 @@ def _parser() -> argparse.ArgumentParser:
                       "per task of the config's model with only that task's "
                       'loss (mtl_optax.protocol.single_task_baselines); '
                       'prints {"single_task": {task: metrics}}')
+  parser.add_argument('--seeds', type=int, default=None, metavar='N',
+                      help="train N separate runs, seeds config.seed ... "
+                      'config.seed + N - 1, and print the mean ± std over '
+                      'them of the final metrics and of the average of the '
+                      'last --last-k evaluations (with --workdir: also '
+                      'WORKDIR/seeds.json and seeds.md)')
+  parser.add_argument('--last-k', type=int, default=10, metavar='K',
+                      help='evaluations averaged per seed by --seeds '
+                      '(default 10)')
   parser.add_argument('--data-parallel', action='store_true',
                       help='shard batches over all devices (a 1-D mesh)')
   parser.add_argument('--distributed', action='store_true',
@@ -227,6 +241,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.error(str(e))
   mesh = (jax.make_mesh((jax.device_count(),), ('data',))
           if args.data_parallel else None)
+  if args.single_task and args.seeds is not None:
+    parser.error('--single-task and --seeds are separate commands: give one.')
+  if args.seeds is not None:
+    if sweep is not None or mesh is not None:
+      parser.error('--seeds trains separate runs: drop --sweep and '
+                   '--data-parallel.')
+    if args.seeds < 1 or args.last_k < 1:
+      parser.error('--seeds N and --last-k K must be >= 1.')
+    from mtl_optax import protocol
+    summary = protocol.train_seeds(
+        config, range(config.seed, config.seed + args.seeds), data_fn=data_fn,
+        workdir=args.workdir, last_k=args.last_k,
+        progress=jax.process_index() == 0)
+    print(json.dumps(summary, indent=1))
+    return
   if args.single_task:
     if sweep is not None or mesh is not None:
       parser.error('--single-task trains one run per task: drop --sweep and '
