@@ -86,9 +86,15 @@ def test_single_task_run_trains_only_its_task():
                step, expected)
 
 
-def test_single_task_baselines_report_each_task_from_its_own_run():
+def test_single_task_baselines_report_each_task_from_its_own_run(tmp_path):
   config = _config()
-  baselines = protocol.single_task_baselines(config, data_fn=_data_fn())
+  baselines = protocol.single_task_baselines(config, data_fn=_data_fn(),
+                                             workdir=tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'single_task_left', 'single_task_right']
+  # a second call resumes the finished runs and reports the same
+  assert protocol.single_task_baselines(
+      config, data_fn=_data_fn(), workdir=tmp_path) == baselines
   assert list(baselines) == ['left', 'right']
   for task, c in protocol.single_task_configs(config).items():
     result = training.train(c, data_fn=_data_fn(), progress=False)
