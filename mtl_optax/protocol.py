@@ -31,8 +31,6 @@ import numpy as np
 
 from mtl_optax import training
 
-Metrics = Mapping[str, Mapping[str, float]]
-
 
 def model_tasks(config: training.Config) -> tuple[str, ...]:
   """The tasks of ``config``'s model, in its order (builds the model)."""
@@ -90,7 +88,8 @@ def single_task_baselines(config: training.Config, *,
                           data_fn: Callable[..., Any] | None = None,
                           workdir: str | os.PathLike | None = None,
                           tasks: Sequence[str] | None = None,
-                          progress: bool = False) -> dict[str, dict[str, float]]:
+                          progress: bool = False
+                          ) -> dict[str, dict[str, float]]:
   """Trains the single-task baselines of ``config`` and returns their metrics.
 
   Runs ``training.train`` on each of ``single_task_configs(config)`` in turn
@@ -225,7 +224,8 @@ def train_seeds(config: training.Config, seeds: Sequence[int], *,
                      'seeds=range(3).')
   runs = []
   for seed in seeds:
-    run_dir = None if workdir is None else pathlib.Path(workdir) / f'seed_{seed}'
+    run_dir = (None if workdir is None
+               else pathlib.Path(workdir) / f'seed_{seed}')
     result = training.train(config.replace(seed=seed), workdir=run_dir,
                             data_fn=data_fn, progress=progress)
     runs.append(result.evaluations)
