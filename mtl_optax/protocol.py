@@ -124,7 +124,10 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
 
 
 def seed_summary(evaluations_per_seed: Sequence[Sequence[Mapping[str, Any]]],
-                 *, last_k: int = 10) -> dict[str, Any]:
+                 *, last_k: int = 10,
+                 baselines: Mapping[str, Mapping[str, float]] | None = None,
+                 lower_is_better: Mapping[str, bool] | None = None
+                 ) -> dict[str, Any]:
   """Mean ± std over seeds of the final metrics and of the last-``K`` average.
 
   Per seed, "final" is the last evaluation's metrics and "last-``K``
@@ -135,15 +138,24 @@ def seed_summary(evaluations_per_seed: Sequence[Sequence[Mapping[str, Any]]],
   Then the mean and the sample standard deviation (``ddof=1``; 0 for one
   seed) over the seeds. ``count`` entries are left out.
 
+  With ``baselines`` (the single-task baselines' metrics,
+  ``single_task_baselines``), each seed's Δ_MTL (``metrics.delta_mtl_of``)
+  of its final metrics and of its last-``K`` averages is summarised too.
+
   Args:
     evaluations_per_seed: each seed's ``TrainResult.evaluations`` (a list of
       ``{'step', 'metrics': {task: {metric: value}}}``; single runs, not a
       sweep's).
     last_k: ``K >= 1``.
+    baselines: ``{task: {metric: value}}`` of the single-task baselines, or
+      None (no Δ_MTL).
+    lower_is_better: as ``metrics.delta_mtl_of``'s.
 
   Returns:
     ``{'num_seeds', 'last_k', 'last_k_used', 'final': {task: {metric:
-    {'mean', 'std'}}}, 'last_k_average': {...}}``.
+    {'mean', 'std'}}}, 'last_k_average': {...}}``, and with ``baselines``
+    ``'delta_mtl': {'final': {'mean', 'std'}, 'last_k_average': {...}}``
+    (percent).
 
   Raises:
     ValueError: no seed, a seed without evaluations, a sweep's evaluations,
@@ -175,8 +187,21 @@ def seed_summary(evaluations_per_seed: Sequence[Sequence[Mapping[str, Any]]],
                             for e in evals[-used:]])) for evals in runs]
     final.setdefault(task, {})[metric] = _mean_std(finals)
     average.setdefault(task, {})[metric] = _mean_std(means)
-  return {'num_seeds': len(runs), 'last_k': last_k, 'last_k_used': used,
-          'final': final, 'last_k_average': average}
+  summary = {'num_seeds': len(runs), 'last_k': last_k, 'last_k_used': used,
+             'final': final, 'last_k_average': average}
+  if baselines is not None:
+    from mtl_optax import metrics as metrics_lib
+    delta = lambda m: metrics_lib.delta_mtl_of(
+        m, baselines, lower_is_better=lower_is_better)
+    finals = [evals[-1]['metrics'] for evals in runs]
+    averages = [{task: {metric: float(np.mean([e['metrics'][task][metric]
+                                                for e in evals[-used:]]))
+                        for metric in values}
+                 for task, values in final.items()} for evals in runs]
+    summary['delta_mtl'] = {
+        'final': _mean_std([delta(m) for m in finals]),
+        'last_k_average': _mean_std([delta(m) for m in averages])}
+  return summary
 
 
 def seed_table_markdown(summary: Mapping[str, Any]) -> str:
@@ -190,13 +215,19 @@ def seed_table_markdown(summary: Mapping[str, Any]) -> str:
       a = summary['last_k_average'][task][metric]
       lines.append(f"| {task} | {metric} | {f['mean']:.4f} ± {f['std']:.4f} "
                    f"| {a['mean']:.4f} ± {a['std']:.4f} |")
+  if 'delta_mtl' in summary:
+    f, a = summary['delta_mtl']['final'], summary['delta_mtl']['last_k_average']
+    lines.append(f"| all | Δ_MTL (%) | {f['mean']:.2f} ± {f['std']:.2f} "
+                 f"| {a['mean']:.2f} ± {a['std']:.2f} |")
   return '\n'.join(lines) + '\n'
 
 
 def train_seeds(config: training.Config, seeds: Sequence[int], *,
                 data_fn: Callable[..., Any] | None = None,
                 workdir: str | os.PathLike | None = None,
-                last_k: int = 10, progress: bool = False) -> dict[str, Any]:
+                last_k: int = 10,
+                baselines: Mapping[str, Mapping[str, float]] | None = None,
+                progress: bool = False) -> dict[str, Any]:
   """Trains ``config`` once per seed and summarises them (``seed_summary``).
 
   The runs are separate (``config.replace(seed=s)``, trained in turn), so
@@ -211,6 +242,7 @@ def train_seeds(config: training.Config, seeds: Sequence[int], *,
       ``workdir/seed_<s>``, and the summary is written to
       ``workdir/seeds.json`` and ``workdir/seeds.md``.
     last_k: as ``seed_summary``'s.
+    baselines: as ``seed_summary``'s (adds Δ_MTL over the seeds).
     progress: show each run's progress bar.
 
   Returns:
@@ -229,7 +261,8 @@ def train_seeds(config: training.Config, seeds: Sequence[int], *,
     result = training.train(config.replace(seed=seed), workdir=run_dir,
                             data_fn=data_fn, progress=progress)
     runs.append(result.evaluations)
-  summary = {'seeds': seeds, **seed_summary(runs, last_k=last_k)}
+  summary = {'seeds': seeds,
+             **seed_summary(runs, last_k=last_k, baselines=baselines)}
   if workdir is not None:
     out = pathlib.Path(workdir)
     out.mkdir(parents=True, exist_ok=True)

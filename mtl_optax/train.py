@@ -49,7 +49,8 @@ prints ``{"single_task": {task: metrics}}``, the baselines of
 ``WORKDIR/seed_<s>``) and prints the mean ± std over them of the final
 metrics and of the average of the last ``--last-k`` evaluations
 (``mtl_optax.protocol.train_seeds``; with ``--workdir`` also
-``WORKDIR/seeds.json`` and ``seeds.md``).
+``WORKDIR/seeds.json`` and ``seeds.md``); ``--baselines FILE`` (what
+``--single-task`` printed) adds Δ_MTL's mean ± std over the seeds.
 ``--data-parallel`` shards every batch over all devices (one host, or every
 host of a multi-host job started with ``--distributed``, which calls
 ``jax.distributed.initialize()`` first).
@@ -196,6 +197,10 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--last-k', type=int, default=10, metavar='K',
                       help='evaluations averaged per seed by --seeds '
                       '(default 10)')
+  parser.add_argument('--baselines', default=None, metavar='JSON',
+                      help='with --seeds: the single-task baselines (the '
+                      'JSON that --single-task prints) to add Δ_MTL over the '
+                      'seeds')
   parser.add_argument('--data-parallel', action='store_true',
                       help='shard batches over all devices (a 1-D mesh)')
   parser.add_argument('--distributed', action='store_true',
@@ -241,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.error(str(e))
   mesh = (jax.make_mesh((jax.device_count(),), ('data',))
           if args.data_parallel else None)
+  if args.baselines is not None and args.seeds is None:
+    parser.error('--baselines goes with --seeds N (Δ_MTL over the seeds).')
   if args.single_task and args.seeds is not None:
     parser.error('--single-task and --seeds are separate commands: give one.')
   if args.seeds is not None:
@@ -249,10 +256,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                    '--data-parallel.')
     if args.seeds < 1 or args.last_k < 1:
       parser.error('--seeds N and --last-k K must be >= 1.')
+    baselines = None
+    if args.baselines is not None:
+      with open(args.baselines, encoding='utf-8') as f:
+        baselines = json.load(f)
+      baselines = baselines.get('single_task', baselines)
     from mtl_optax import protocol
     summary = protocol.train_seeds(
         config, range(config.seed, config.seed + args.seeds), data_fn=data_fn,
-        workdir=args.workdir, last_k=args.last_k,
+        workdir=args.workdir, last_k=args.last_k, baselines=baselines,
         progress=jax.process_index() == 0)
     print(json.dumps(summary, indent=1))
     return

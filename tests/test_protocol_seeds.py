@@ -41,6 +41,29 @@ def test_seed_summary_by_hand():
   assert 'last 2 evaluations' in md
 
 
+def test_seed_summary_delta_mtl_over_seeds():
+  runs = [_evals([0.1, 0.2, 0.3, 0.5]), _evals([0.0, 0.4, 0.5, 0.7])]
+  base = {'a': {'accuracy': 0.5}, 'b': {'abs_err': 1.0}}
+  s = protocol.seed_summary(runs, last_k=2, baselines=base)
+  # seed 0 final: a +0 %, b 1.0 vs 1.0 +0 % -> 0; seed 1: a +40 %,
+  #   b 1.4 vs 1.0 -> -40 % -> 0.  last-2: seed 0 a 0.4 (-20 %), b 0.8
+  #   (+20 %) -> 0; seed 1 a 0.6 (+20 %), b 1.2 (-20 %) -> 0
+  assert s['delta_mtl']['final'] == pytest.approx({'mean': 0.0, 'std': 0.0},
+                                                  abs=1e-9)
+  base = {'a': {'accuracy': 0.25}, 'b': {'abs_err': 2.0}}
+  s = protocol.seed_summary(runs, last_k=2, baselines=base)
+  d = lambda acc, err: ((acc - 0.25) / 0.25 - (err - 2.0) / 2.0) * 50
+  finals = [d(0.5, 1.0), d(0.7, 1.4)]
+  averages = [d(0.4, 0.8), d(0.6, 1.2)]
+  assert s['delta_mtl']['final'] == pytest.approx(
+      {'mean': np.mean(finals), 'std': np.std(finals, ddof=1)})
+  assert s['delta_mtl']['last_k_average'] == pytest.approx(
+      {'mean': np.mean(averages), 'std': np.std(averages, ddof=1)})
+  md = protocol.seed_table_markdown(s)
+  assert f"| all | Δ_MTL (%) | {np.mean(finals):.2f} ± " in md
+  assert 'delta_mtl' not in protocol.seed_summary(runs, last_k=2)
+
+
 def test_seed_summary_rejects_bad_inputs():
   with pytest.raises(ValueError, match='last_k'):
     protocol.seed_summary([_evals([1.0])], last_k=0)
@@ -101,6 +124,23 @@ def test_cli_seeds_writes_the_table(tmp_path, capsys):
   assert out['seeds'] == [0, 1] and out['last_k_used'] == 1
   assert json.loads((tmp_path / 'seeds.json').read_text()) == out
   assert (tmp_path / 'seed_1').is_dir()
+  # --baselines: Δ_MTL against them (here the seeds' mean final metrics)
+  base = {t: {m: v['mean'] for m, v in values.items()}
+          for t, values in out['final'].items()}
+  (tmp_path / 'base.json').write_text(json.dumps({'single_task': base}))
+  train_cli.main(['--config', 'multi_mnist', '--synthetic', '32',
+                  '--set', 'num_steps=2', '--set', 'batch_size=16',
+                  '--set', 'max_eval_batches=1', '--set', 'log_every_steps=1',
+                  '--workdir', str(tmp_path), '--seeds', '2', '--last-k', '1',
+                  '--baselines', str(tmp_path / 'base.json')])
+  again = json.loads(capsys.readouterr().out)
+  assert again['final'] == out['final']       # resumed, not retrained
+  # Δ_MTL is linear in accuracies: against their mean it averages to 0
+  assert again['delta_mtl']['final']['mean'] == pytest.approx(0.0, abs=1e-9)
+  assert again['delta_mtl']['final']['std'] > 0
+  with pytest.raises(SystemExit):
+    train_cli.main(['--config', 'multi_mnist', '--synthetic', '32',
+                    '--baselines', str(tmp_path / 'base.json')])
   with pytest.raises(SystemExit):
     train_cli.main(['--config', 'multi_mnist', '--synthetic', '32',
                     '--seeds', '2', '--single-task'])
