@@ -8,14 +8,10 @@ largest domain, our seeded 60/20/20 split).
 """
 
 from mtl_optax import training
+from mtl_optax.configs import office31
 
 
 def get_config(**overrides) -> training.Config:
-  config = training.Config(
-      model='resnet18_office', model_kwargs={'tasks': 'office_home'},
-      dataset='office_home', method='aligned_mtl', multi_input=True,
-      train_split='train', eval_split='validation',
-      extra_eval_splits=('test',), batch_size=64,
-      optimizer='adam', learning_rate=1e-4, weight_decay=1e-5,
-      num_epochs=100)
-  return config.replace(**overrides)
+  return office31.get_config(**{
+      'model_kwargs': {'tasks': 'office_home'}, 'dataset': 'office_home',
+      **overrides})
