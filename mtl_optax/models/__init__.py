@@ -4,11 +4,14 @@ Protocol. A ``MultiTaskModel`` has an ``encoder`` (``z = encode(x)``, any
 pytree) and ``heads`` (``nnx.Dict`` task -> head, ``decode(z) -> {task:
 output}``) with the task order ``tasks``; ``model(x) = decode(encode(x))``.
 BatchNorm trains with batch statistics (``model.train()``, the default) and
-evaluates with running averages (``model.eval()``).
+evaluates with running averages (``model.eval()``); dropout
+(``nnx.Dropout(rate, rngs=rngs)``) masks in train mode only.
 
 Functional view. ``fm = functional(model)`` holds the graph definitions and
-the states as plain nested dicts, ``fm.params`` and ``fm.batch_stats``, each
-``{'encoder': ..., 'heads': {task: ...}}``:
+the states as plain nested dicts, ``fm.params`` and ``fm.batch_stats`` (the
+BatchNorm statistics and the dropout layers' random streams, which a
+training-mode pass advances: fresh masks each step), each ``{'encoder': ...,
+'heads': {task: ...}}``:
 
 - ``fm.apply(params, batch_stats, x, *, train) -> (outputs, new_batch_stats)``;
   ``fm.encode(encoder_params, encoder_stats, x, *, train) -> (z, stats)``,

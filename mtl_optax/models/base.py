@@ -108,20 +108,60 @@ def num_params(module: nnx.Module) -> int:
   return int(sum(int(np.prod(leaf.shape)) for leaf in leaves))
 
 
+# The non-parameter state the functional view carries in ``batch_stats``:
+# BatchNorm's statistics and the random streams of dropout layers
+# (``nnx.Dropout(rate, rngs=rngs)``: a key and a counter per layer).
+MUTABLE = (nnx.BatchStat, nnx.RngState)
+
+
+def _is_key(x) -> bool:
+  return jax.dtypes.issubdtype(jnp.result_type(x), jax.dtypes.prng_key)
+
+
+def _pure_state(state) -> PyTree:
+  """A plain dict of ``state`` with typed PRNG keys as their raw ``uint32``
+  data, so that checkpoints, sweeps and ``jax.tree`` maps see only plain
+  arrays."""
+  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x,
+                      nnx.to_pure_dict(state))
+
+
+def _merge(graphdef, params, stats):
+  """``nnx.merge`` of plain-dict states; the dropout streams' raw keys
+  (``_pure_state``) are wrapped back into typed keys."""
+  module = nnx.merge(graphdef, params, stats)
+  _wrap_keys(module)
+  return module
+
+
+def _wrap_keys(module: nnx.Module) -> None:
+  keys = nnx.state(module, nnx.RngKey)
+  if jax.tree.leaves(keys):
+    nnx.update(module, jax.tree.map(
+        lambda x: x if _is_key(x) else jax.random.wrap_key_data(x), keys))
+
+
+def _mutable_state(module: nnx.Module) -> PyTree:
+  return _pure_state(nnx.state(module, MUTABLE))
+
+
 def _split(module: nnx.Module):
-  graphdef, params, stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat,
-                                            ...)
+  graphdef, params, stats, rest = nnx.split(module, nnx.Param, MUTABLE, ...)
   if jax.tree.leaves(rest):
     raise ValueError(
-        'functional() supports modules whose state is nnx.Param and '
-        f'nnx.BatchStat only; found other state: {rest}')
-  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(stats)
+        'functional() supports modules whose state is nnx.Param, '
+        'nnx.BatchStat and dropout\'s random streams (nnx.RngState) only; '
+        f'found other state: {rest}. Keep other values out of the model '
+        '(plain Python attributes, or inputs of the loss).')
+  return graphdef, nnx.to_pure_dict(params), _pure_state(stats)
 
 
 def _mode_graphdefs(module: nnx.Module) -> dict[bool, Any]:
-  """Graph definitions of ``module`` in train (True) and eval (False) mode."""
+  """Graph definitions of ``module`` in train (True: batch statistics,
+  dropout on) and eval (False: running averages, dropout off) mode."""
   return {
       train: nnx.graphdef(nnx.view(module, use_running_average=not train,
+                                   deterministic=not train,
                                    raise_if_not_found=False))
       for train in (True, False)
   }
@@ -209,8 +249,13 @@ class FunctionalModel:
   Attributes:
     tasks: the task order of every loss vector.
     params: initial parameters ``{'encoder': ..., 'heads': ...}``.
-    batch_stats: initial BatchNorm statistics, same two keys (empty dicts
-      for parts without BatchNorm).
+    batch_stats: the model's other state, same two keys: BatchNorm's
+      statistics and dropout layers' random streams (a raw ``uint32`` key
+      and a counter each: a training-mode pass draws its masks from them
+      and returns the counters advanced, so every step gets fresh masks,
+      reproducible from the seed and restored with a checkpoint; every
+      task's loss of one pass sees the same masks; eval mode draws none).
+      Empty dicts for parts with neither.
     shared_mask: bools with ``params``' structure for the aggregators'
       ``shared=``: True on the encoder and on head parameters shared by
       several tasks' heads (MTAN's attention convolutions, stored under the
@@ -232,16 +277,16 @@ class FunctionalModel:
 
   def encode(self, encoder_params, encoder_stats, x, *, train: bool):
     """``(z, new_encoder_stats)``; in eval mode the stats come back as given."""
-    encoder = nnx.merge(self._graphdefs['encoder'][train], encoder_params,
-                        encoder_stats)
+    encoder = _merge(self._graphdefs['encoder'][train], encoder_params,
+                     encoder_stats)
     z = encoder(x)
-    return z, nnx.to_pure_dict(nnx.state(encoder, nnx.BatchStat))
+    return z, _mutable_state(encoder)
 
   def decode(self, head_params, head_stats, z, *, train: bool):
     """``({task: output}, new_head_stats)``."""
-    heads = nnx.merge(self._graphdefs['heads'][train], head_params, head_stats)
+    heads = _merge(self._graphdefs['heads'][train], head_params, head_stats)
     outputs = decode_heads(heads, self.tasks, z)
-    return outputs, nnx.to_pure_dict(nnx.state(heads, nnx.BatchStat))
+    return outputs, _mutable_state(heads)
 
   def apply(self, params, batch_stats, x, *, train: bool):
     """``({task: output}, new_batch_stats)``: the model's forward pass."""
@@ -280,9 +325,9 @@ class FunctionalModel:
     """Each task's head on its own representation: ``({task: output},
     new_head_stats)``, ``heads[t](z[t])`` for ``z`` with a leading task axis
     in ``tasks`` order."""
-    heads = nnx.merge(self._graphdefs['heads'][train], head_params, head_stats)
+    heads = _merge(self._graphdefs['heads'][train], head_params, head_stats)
     outputs = {t: heads[t](_select(z, i)) for i, t in enumerate(self.tasks)}
-    return outputs, nnx.to_pure_dict(nnx.state(heads, nnx.BatchStat))
+    return outputs, _mutable_state(heads)
 
   def apply_tasks(self, params, batch_stats, images, *, train: bool):
     """Multi-input forward pass: task ``t``'s head on task ``t``'s images.
@@ -538,17 +583,19 @@ class FunctionalModel:
             ) -> MultiTaskModel:
     """A new ``MultiTaskModel`` holding ``params`` and ``batch_stats``."""
     return MultiTaskModel(
-        nnx.merge(self._graphdefs['encoder'][train], params['encoder'],
-                  batch_stats['encoder']),
-        nnx.merge(self._graphdefs['heads'][train], params['heads'],
-                  batch_stats['heads']),
+        _merge(self._graphdefs['encoder'][train], params['encoder'],
+               batch_stats['encoder']),
+        _merge(self._graphdefs['heads'][train], params['heads'],
+               batch_stats['heads']),
         tasks=self.tasks)
 
   @staticmethod
   def update_model(model: MultiTaskModel, params, batch_stats) -> None:
     """Writes ``params`` and ``batch_stats`` into ``model`` in place."""
     for part in PARTS:
-      nnx.update(getattr(model, part), params[part], batch_stats[part])
+      module = getattr(model, part)
+      nnx.update(module, params[part], batch_stats[part])
+      _wrap_keys(module)
 
 
 def functional(model: MultiTaskModel) -> FunctionalModel:
@@ -556,7 +603,8 @@ def functional(model: MultiTaskModel) -> FunctionalModel:
 
   Args:
     model: a ``MultiTaskModel`` (``encoder``, ``heads``, ``tasks``) whose
-      state is ``nnx.Param`` and ``nnx.BatchStat`` only; its optional
+      state is ``nnx.Param``, ``nnx.BatchStat`` and dropout's random
+      streams (``nnx.Dropout(rate, rngs=rngs)``) only; its optional
       ``encoder_shared_mask`` and ``representation_error`` (see
       ``MultiTaskModel``) set ``shared_mask['encoder']`` and
       ``representation_error``.

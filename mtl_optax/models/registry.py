@@ -78,15 +78,20 @@ def _rngs(rngs: nnx.Rngs | int) -> nnx.Rngs:
 def lenet_multimnist(*, rngs: nnx.Rngs | int = 0,
                      input_shape: tuple[int, int, int] = (28, 28, 1),
                      num_classes: int = 10, features: int = 50,
-                     init: str = 'flax') -> base.MultiTaskModel:
+                     init: str = 'flax', dropout: float = 0.0,
+                     head_hidden: int | None = None) -> base.MultiTaskModel:
   """LeNet encoder (FC 50) with an FC-10 head per digit (left, right);
-  ``init='pytorch'``: PyTorch's default initialisation of every layer."""
+  ``init='pytorch'``: PyTorch's default initialisation of every layer;
+  ``dropout=0.5, head_hidden=50``: Sener & Koltun's regularised variant
+  (channel dropout after the second convolution, heads FC 50 → ReLU →
+  dropout → FC 10; see ``mtl_optax.models.lenet``)."""
   rngs = _rngs(rngs)
   encoder = lenet.LeNet(input_shape=input_shape, features=features,
-                        init=init, rngs=rngs)
+                        init=init, dropout=dropout, rngs=rngs)
   return base.MultiTaskModel(encoder, {
-      t: nnx.Linear(features, num_classes, rngs=rngs,
-                    **lenet.initializers(init, features))
+      t: lenet.task_head(features, num_classes, hidden=head_hidden,
+                         dropout=dropout if head_hidden else 0.0, init=init,
+                         rngs=rngs)
       for t in MULTI_MNIST_TASKS})
 
 
@@ -228,11 +233,9 @@ def vgg16_cifar100mt(*, rngs: nnx.Rngs | int = 0,
 
 class OfficeEncoder(nnx.Module):
   """LibMTL's Office encoder: ImageNet standardisation, a pooled ResNet-18
-  (7×7 stem) and a hidden FC + BatchNorm + ReLU (``hidden=None``: none).
-
-  LibMTL's hidden layer also has Dropout(0.5), left out here (the functional
-  view holds parameters and BatchNorm statistics only, no random state).
-  Its FC is initialised as LibMTL's: weights N(0, 0.005²), biases 0.1.
+  (7×7 stem) and a hidden FC + BatchNorm + ReLU + dropout (``hidden=None``:
+  none), as LibMTL's (dropout 0.5; ``dropout=0``: none). Its FC is
+  initialised as LibMTL's: weights N(0, 0.005²), biases 0.1.
 
   Attributes:
     num_features: size of the representation ``z`` (``hidden``, or 512).
@@ -240,7 +243,11 @@ class OfficeEncoder(nnx.Module):
 
   def __init__(self, *, width: int = 64, hidden: int | None = 512,
                standardize: bool = True, in_features: int = 3,
-               pretrained: Pretrained = None, rngs: nnx.Rngs):
+               dropout: float = 0.5, pretrained: Pretrained = None,
+               rngs: nnx.Rngs):
+    if not 0.0 <= dropout < 1.0:
+      raise ValueError(f'dropout must be in [0, 1), got {dropout!r}: the '
+                       'probability of zeroing a unit (0: no dropout).')
     self.standardize = layers.Standardize() if standardize else None
     self.resnet = resnet_lib.resnet(depth=18, width=width,
                                     in_features=in_features,
@@ -251,8 +258,9 @@ class OfficeEncoder(nnx.Module):
           kernel_init=nnx.initializers.normal(0.005),
           bias_init=nnx.initializers.constant(0.1))
       self.norm = layers.batch_norm(hidden, rngs=rngs)
+      self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout else None
     else:
-      self.hidden = self.norm = None
+      self.hidden = self.norm = self.dropout = None
     self.num_features = hidden or self.resnet.num_features
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -261,6 +269,8 @@ class OfficeEncoder(nnx.Module):
     z = self.resnet(x)
     if self.hidden is not None:
       z = nnx.relu(self.norm(self.hidden(z)))
+      if self.dropout is not None:
+        z = self.dropout(z)
     return z
 
 
@@ -277,10 +287,11 @@ def resnet18_office(*, rngs: nnx.Rngs | int = 0,
                     tasks: str | Sequence[str] = 'office31',
                     num_classes: int | None = None, width: int = 64,
                     hidden: int | None = 512, standardize: bool = True,
-                    in_features: int = 3,
+                    in_features: int = 3, dropout: float = 0.5,
                     pretrained: Pretrained = None) -> base.MultiTaskModel:
   """LibMTL's Office-31 / Office-Home network: a shared ``OfficeEncoder``
-  (pooled ResNet-18 + FC 512 + BatchNorm + ReLU) and one linear classifier
+  (pooled ResNet-18 + FC 512 + BatchNorm + ReLU + dropout ``dropout``, 0.5
+  as LibMTL's) and one linear classifier
   per domain (PyTorch's default initialisation, as LibMTL's ``nn.Linear``).
 
   A multi-input model: domain ``t``'s head classifies domain ``t``'s images
@@ -300,8 +311,8 @@ def resnet18_office(*, rngs: nnx.Rngs | int = 0,
     num_classes = OFFICE_CLASSES[tasks]
   tasks = _office_tasks(tasks)
   encoder = OfficeEncoder(width=width, hidden=hidden, standardize=standardize,
-                          in_features=in_features, pretrained=pretrained,
-                          rngs=rngs)
+                          in_features=in_features, dropout=dropout,
+                          pretrained=pretrained, rngs=rngs)
   return base.MultiTaskModel(encoder, {
       t: nnx.Linear(encoder.num_features, num_classes, rngs=rngs,
                     **layers.torch_default_init(encoder.num_features))
