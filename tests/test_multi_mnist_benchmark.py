@@ -116,7 +116,8 @@ def test_ablations_change_one_detail_each(tmp_path, data_dir):
   bench.main(['ablate', *_args(
       tmp_path, data_dir, '--methods', 'mgda:z', '--final-epochs', '1',
       '--ablations',
-      'rate_1e-2,pytorch_init,train_60k+pytorch_init+mnist_normalize')])
+      'rate_1e-2,pytorch_init,train_60k+pytorch_init+mnist_normalize,'
+      'sener_dropout')])
   runs = {r['variant'].replace('+mnist_normalize', ''): r for r in json.loads(
       (tmp_path / 'mm_ablation.json').read_text())['runs']}
   final = json.loads((tmp_path / 'mm.json').read_text())['runs'][0]
@@ -139,7 +140,13 @@ def test_ablations_change_one_detail_each(tmp_path, data_dir):
   assert bench.reported_test(runs['train_60k+pytorch_init']) == tuple(
       runs['train_60k+pytorch_init']['last']['valid'])
   table = (tmp_path / 'mm_ablation.md').read_text()
-  assert table.count('| mgda:z (MGDA-UB) |') == 3
+  assert table.count('| mgda:z (MGDA-UB) |') == 4
+  # Sener & Koltun's regularised LeNet trains (dropout masks in the state).
+  assert runs['sener_dropout']['final_losses'] != final['final_losses']
+  config = json.loads(
+      (tmp_path / 'runs' / 'ablate' / 'sener_dropout' / bench.run_name('mgda:z')
+       / 'lr0.05_seed0' / 'log.jsonl').read_text().splitlines()[0])['config']
+  assert config['model_kwargs'] == {'dropout': 0.5, 'head_hidden': 50}
   left, right = bench.reported_test(runs['rate_1e-2'])
   ref_left, ref_right = final['best']['test']
   assert f'{left - ref_left:+.2f} / {right - ref_right:+.2f}' in table
