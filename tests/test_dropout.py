@@ -18,7 +18,7 @@ import mtl_optax as mtl
 from mtl_optax import models, training
 from mtl_optax.models import lenet
 
-from test_training import _config, _data_fn
+from tests.test_training import _config, _data_fn
 
 DROPOUT = dict(dropout=0.5, head_hidden=50)
 

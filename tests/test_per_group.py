@@ -285,3 +285,95 @@ def test_trains_with_per_group():
   assert np.isfinite(result.history['weights']).all()
   assert not result.history['skipped'].any()
   assert int(result.state.step) == 2
+
+
+# -- methods with state: one state per group ------------------------------------
+
+
+STATEFUL = {
+    'gradvac': lambda **kw: mtl.gradvac(0.3, num_tasks=T, seed=1, **kw),
+    'nash_mtl': lambda **kw: mtl.nash_mtl(max_norm=0.5, num_tasks=T, **kw),
+    'ema_weighting': lambda **kw: mtl.ema_weighting(
+        mtl.weightings.mgda, 0.6, num_tasks=T, **kw),
+}
+
+
+def _group_leaves(grads, group_of):
+  mask = gram_lib.resolve_shared_mask(SHARED, grads)
+  groups = {}
+  for i, ((path, _), is_shared) in enumerate(zip(
+      jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(mask))):
+    if is_shared:
+      groups.setdefault(group_of(i, path), []).append(i)
+  return list(groups.values())
+
+
+@pytest.mark.parametrize('group_of', ['leaf', 'module'])
+@pytest.mark.parametrize('name', list(STATEFUL))
+def test_stateful_method_per_group_is_each_group_its_own_aggregator(
+    name, group_of):
+  """Over several steps, every group's leaves get what a separate
+  aggregator, with its own state, gives them (the direct loop)."""
+  per_group = 'leaf' if group_of == 'leaf' else _by_module
+  key_of = ((lambda i, path: i) if group_of == 'leaf'
+            else (lambda i, path: _by_module(path)))
+  tx = STATEFUL[name](shared=SHARED, per_group=per_group)
+  steps = [_grads(seed) for seed in (11, 12, 13)]
+  state = tx.init(steps[0])   # the groups come from the parameters' tree
+  groups = _group_leaves(steps[0], key_of)
+  alone = [STATEFUL[name]() for _ in groups]
+  alone_states = [a.init(None) for a in alone]
+  heads = [i for i, f in enumerate(jax.tree.leaves(
+      gram_lib.resolve_shared_mask(SHARED, steps[0]))) if not f]
+  update_fn = jax.jit(tx.update)
+  for grads in steps:
+    update, state = update_fn(grads, state)
+    assert not bool(state.last_skipped)
+    got = jax.tree.leaves(update)
+    leaves = jax.tree.leaves(grads)
+    for g, members in enumerate(groups):
+      ref, alone_states[g] = alone[g].update([leaves[i] for i in members],
+                                             alone_states[g])
+      for i, r in zip(members, ref):
+        np.testing.assert_allclose(np.asarray(got[i]), np.asarray(r),
+                                   rtol=_tol(), atol=_tol())
+    for i in heads:   # task-specific leaves: the plain (preference) sum
+      np.testing.assert_allclose(np.asarray(got[i]),
+                                 np.asarray(jnp.sum(leaves[i], axis=0)),
+                                 rtol=_tol(), atol=_tol())
+  # The state holds one copy per group, each that group's own.
+  for g in range(len(groups)):
+    mine = jax.tree.map(lambda x: x[g], state.inner)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        np.asarray(a), np.asarray(b), rtol=_tol(), atol=_tol()),
+                 mine, alone_states[g].inner)
+
+
+@pytest.mark.parametrize('name', list(STATEFUL))
+def test_stateful_per_group_needs_the_parameters_at_init(name):
+  tx = STATEFUL[name](shared=SHARED, per_group='leaf')
+  with pytest.raises(ValueError, match=rf'{name}.*init\(params\)'):
+    tx.init(None)
+
+
+def test_stateful_per_group_state_from_other_parameters_names_the_fix():
+  tx = mtl.nash_mtl(num_tasks=T, shared=SHARED, per_group='leaf')
+  # Two shared leaves here; the gradients below have three.
+  state = tx.init({'encoder': jnp.ones(3), 'mid': jnp.ones(7),
+                   'heads': jnp.ones(2)})
+  with pytest.raises(ValueError, match='nash_mtl.*3 parameter groups.*'
+                     r'init\(params\)'):
+    tx.update(_grads(), state)
+
+
+def test_stateful_per_group_trains_at_the_parameter_level():
+  from mtl_optax import training
+  from tests.test_training import _config, _data_fn
+  config = _config(num_steps=3, log_every_steps=1, method='nash_mtl',
+                   method_kwargs={'per_group': 'leaf'})
+  result = training.train(config, progress=False, data_fn=_data_fn())
+  assert np.isfinite(result.history['weights']).all()
+  assert not result.history['skipped'].any()
+  alpha, step = result.state.opt_state[0].inner
+  assert alpha.shape[1:] == (2,) and alpha.shape[0] > 1   # one α per leaf
+  assert (np.asarray(step) == 3).all()

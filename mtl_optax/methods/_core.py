@@ -189,9 +189,14 @@ def _build(
     num_tasks: int | None,
     preferences: jax.Array | None,
     init_inner: Callable[[], Any] = tuple,
+    init_inner_from_params: Callable[[Any], Any] | None = None,
     track_diagnostics: bool = True,
 ) -> aggregating.Aggregator:
   """Wraps a direction function with validation, NaN handling and state.
+
+  ``init_inner()`` gives the method's own state; ``init_inner_from_params``,
+  when given, replaces it with a function of the parameters passed to
+  ``init`` (a state per parameter group: ``per_group_state_init``).
 
   A step is skipped when the coefficients, the Gramian or the inputs it does
   not cover are not finite: the update is zeros, and the whole state (the
@@ -206,7 +211,8 @@ def _build(
     num_tasks = t_pref
 
   def init_fn(params):
-    del params
+    inner = (init_inner() if init_inner_from_params is None
+             else init_inner_from_params(params))
     weights = None if num_tasks is None else jnp.zeros((num_tasks,),
                                                        state_dtype())
     return AggregatorState(
@@ -214,7 +220,7 @@ def _build(
         diagnostics=diag_lib.empty(state_dtype()),
         num_skipped=jnp.zeros((), jnp.int32),
         last_skipped=jnp.zeros((), bool),
-        inner=init_inner(),
+        inner=inner,
     )
 
   def update_fn(grads, state, params=None, **extra):
@@ -287,6 +293,7 @@ def gramian_direction(
     heads_reduction: str = 'sum',
     per_group: gram_lib.PerGroup = None,
     shared_key_state: bool = False,
+    per_group_state: bool = False,
     method: str = 'gramian_direction',
 ) -> DirectionFn:
   """A direction function from a weighting ``(K_hat, scale, inner, extra) ->
@@ -318,13 +325,18 @@ def gramian_direction(
       get ``Σ_t c_{g,t} g_t``; task-specific leaves are unchanged. The
       state's ``weights`` are then the mean over the groups of the ``[G, T]``
       coefficients and ``diagnostics`` those of the whole shared Gramian.
-      Only for weightings without state, or whose state is a PRNG key
-      (``shared_key_state``; a method with EMAs, warm starts or learned
-      weights raises ValueError at its first update).
+      For a weighting with state: a PRNG key the groups share
+      (``shared_key_state``), or one state per group (``per_group_state``,
+      the state built by ``per_group_state_init``); otherwise a weighting
+      with state raises ValueError at its first update.
     shared_key_state: with ``per_group``, the method's state is a PRNG key
       that ``coefficients_fn`` only advances (independently of the Gramian):
       the groups share it, so every group sees the same random draws in a
       step, and the state advances once per step (e.g. ``pcgrad``).
+    per_group_state: with ``per_group``, the method's state carries a
+      leading group axis ``G`` (``per_group_state_init``): group ``g``'s
+      weighting reads and updates its own state (its own EMAs, warm starts,
+      targets), as if each group were a separate aggregator.
     method: the factory's name, for error messages.
 
   Returns:
@@ -359,7 +371,8 @@ def gramian_direction(
         scale_degree=scale_degree,
         heads_follow_coefficients=heads_follow_coefficients,
         heads_reduction=heads_reduction, per_group=per_group,
-        shared_key_state=shared_key_state, method=method)
+        shared_key_state=shared_key_state, per_group_state=per_group_state,
+        method=method)
 
   def direction_fn(grads, inner, extra):
     mask = gram_lib.resolve_shared_mask(shared, grads)
@@ -384,27 +397,35 @@ def gramian_direction(
 def _per_group_direction(coefficients_fn, *, shared, preferences,
                          scale_degree, heads_follow_coefficients,
                          heads_reduction, per_group, shared_key_state,
-                         method) -> DirectionFn:
+                         per_group_state, method) -> DirectionFn:
   """``gramian_direction`` with ``per_group``: the ``[G, T, T]`` Gramians of
   the groups in one pass, the weighting vmapped over the groups, each group's
   leaves combined with its own coefficients."""
 
   def direction_fn(grads, inner, extra):
-    if jax.tree.leaves(inner) and not shared_key_state:
+    if (jax.tree.leaves(inner) and not shared_key_state
+        and not per_group_state):
       raise ValueError(
           f'{method}: per_group needs a weighting without state (one '
           'Gramian per group would need one state per group: PRNG keys, '
           'EMAs, learned weights); this one has state. Use per_group=None, '
           'or a method that takes per_group (aligned_mtl, mgda, upgrad, '
-          'dualproj, imtl_g, cagrad, conflict_free, fairgrad, pcgrad).')
+          'dualproj, imtl_g, cagrad, conflict_free, fairgrad, pcgrad, '
+          'gradvac, nash_mtl, ema_weighting).')
     mask = gram_lib.resolve_shared_mask(shared, grads)
     groups, names = gram_lib.leaf_groups(per_group, grads, mask)
     k_hats, scales = gram_lib.normalized_group_gramians(
         grads, mask, groups, len(names))
-    c, new_inner = jax.vmap(lambda k, s: coefficients_fn(k, s, inner, extra))(
-        k_hats, scales)
-    # The key advanced the same way in every group: keep one copy.
-    new_inner = jax.tree.map(lambda x: x[0], new_inner)
+    if per_group_state:
+      _check_group_axis(inner, len(names), method)
+      c, new_inner = jax.vmap(
+          lambda k, s, own: coefficients_fn(k, s, own, extra))(
+              k_hats, scales, inner)
+    else:
+      c, new_inner = jax.vmap(
+          lambda k, s: coefficients_fn(k, s, inner, extra))(k_hats, scales)
+      # The key advanced the same way in every group: keep one copy.
+      new_inner = jax.tree.map(lambda x: x[0], new_inner)
     if scale_degree != 1:
       c = c * (scales ** (scale_degree - 1))[:, None]
     t = k_hats.shape[1]
@@ -429,6 +450,52 @@ def _per_group_direction(coefficients_fn, *, shared, preferences,
                                                       heads))
 
   return direction_fn
+
+
+def _check_group_axis(inner: Any, num_groups: int, method: str) -> None:
+  sizes = {int(jnp.shape(x)[0]) if jnp.ndim(x) else None
+           for x in jax.tree.leaves(inner)}
+  if sizes != {num_groups}:
+    raise ValueError(
+        f'{method}: the gradients form {num_groups} parameter groups but the '
+        f'state holds one per group for {sorted(map(str, sizes))} groups: '
+        'the state was initialised from other parameters. Call '
+        'init(params) with the parameters whose gradients you pass.')
+
+
+def per_group_state_init(init_inner: Callable[[], Any], *,
+                         shared: gram_lib.SharedMask,
+                         per_group: gram_lib.PerGroup,
+                         method: str) -> Callable[[Any], Any] | None:
+  """``params -> one copy of init_inner() per parameter group`` (None
+  without ``per_group``), for ``_build(init_inner_from_params=...)`` with
+  ``gramian_direction(per_group_state=True)``.
+
+  The groups are those ``per_group`` forms on the shared leaves of
+  ``params`` (the gradients' leaves without the task axis), so ``init``
+  needs the parameters; ``init(None)`` (the representation level, whose
+  gradients are the representation's, not the parameters') raises
+  ValueError naming the fix.
+  """
+  if per_group is None:
+    return None
+
+  def init(params):
+    if params is None or not jax.tree.leaves(params):
+      raise ValueError(
+          f'{method}: per_group keeps one state per parameter group and '
+          'finds the groups in the parameters given to init; init got '
+          f'{params!r}. Call init(params) with the parameters (or the '
+          'tree whose stacked gradients you will pass); at the '
+          'representation level (init(None)) use per_group=None.')
+    mask = gram_lib.resolve_shared_mask(shared, params)
+    _, names = gram_lib.leaf_groups(per_group, params, mask)
+    state = init_inner()
+    return jax.tree.map(
+        lambda x: jnp.repeat(jnp.asarray(x)[None], len(names), axis=0),
+        state)
+
+  return init
 
 
 def aggregator_state(opt_state: Any) -> AggregatorState:

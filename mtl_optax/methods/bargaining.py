@@ -36,6 +36,7 @@ from mtl_optax.methods._core import _build
 from mtl_optax.methods._core import _require_num_tasks
 from mtl_optax.methods._core import _stateless
 from mtl_optax.methods._core import gramian_direction
+from mtl_optax.methods._core import per_group_state_init
 from mtl_optax.methods._core import state_dtype
 
 
@@ -177,7 +178,8 @@ def fairgrad_weights(gram: jax.Array, alpha: float = 1.0,
 
 def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
              optim_niter: int = 20, *, num_tasks: int | None = None,
-             shared: gram_lib.SharedMask = None) -> aggregating.Aggregator:
+             shared: gram_lib.SharedMask = None,
+             per_group: gram_lib.PerGroup = None) -> aggregating.Aggregator:
   """Nash-MTL (Navon et al., ICML 2022): the Nash bargaining solution
   ``K̃ α = 1/α`` on ``K̃ = K/‖K‖_F``, warm-started from the previous α.
 
@@ -194,6 +196,11 @@ def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
     optim_niter: Newton iterations at most.
     num_tasks: ``T`` (required: α lives in the state).
     shared: which leaves are shared.
+    per_group: ``None`` (one Gramian), ``'leaf'`` or ``key_path -> group
+      id``: the weighting on each group's Gramian with its own α (warm start) and norm clip per group,
+      each group's leaves combined with its coefficients (see
+      ``mtl_optax.methods.gramian_direction``); ``init`` then needs the
+      parameters (``init(params)``) to find the groups.
 
   Returns:
     An ``Aggregator``. Its ``inner`` state is ``(alpha, step)``.
@@ -231,10 +238,14 @@ def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
     # the previous α as the warm start.
     return c, (fresh.astype(alpha.dtype), step + 1)
 
-  direction_fn = gramian_direction(coefficients, shared=shared)
-  return _build(direction_fn, num_tasks=t, preferences=None,
-                init_inner=lambda: (jnp.ones((t,), state_dtype()),
-                                    jnp.zeros((), jnp.int32)))
+  direction_fn = gramian_direction(coefficients, shared=shared,
+                                   per_group=per_group, per_group_state=True,
+                                   method='nash_mtl')
+  init = lambda: (jnp.ones((t,), state_dtype()), jnp.zeros((), jnp.int32))
+  return _build(direction_fn, num_tasks=t, preferences=None, init_inner=init,
+                init_inner_from_params=per_group_state_init(
+                    init, shared=shared, per_group=per_group,
+                    method='nash_mtl'))
 
 
 def fairgrad(alpha: float = 1.0, *, shared: gram_lib.SharedMask = None,

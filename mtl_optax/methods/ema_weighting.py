@@ -24,12 +24,14 @@ from mtl_optax import gramians as gram_lib
 from mtl_optax.methods._core import _build
 from mtl_optax.methods._core import _require_num_tasks
 from mtl_optax.methods._core import gramian_direction
+from mtl_optax.methods._core import per_group_state_init
 from mtl_optax.methods._core import state_dtype
 
 
 def ema_weighting(weighting: Callable[[jax.Array], jax.Array],
                   beta: float = 0.9, *, num_tasks: int | None = None,
-                  shared: gram_lib.SharedMask = None
+                  shared: gram_lib.SharedMask = None,
+                  per_group: gram_lib.PerGroup = None
                   ) -> aggregating.Aggregator:
   """Smooths any weighting's coefficients over steps (as CR-MOGM does):
   ``c_k = β c_{k-1} + (1-β) ĉ_k``, starting from ``c_1 = ĉ_1``.
@@ -41,6 +43,11 @@ def ema_weighting(weighting: Callable[[jax.Array], jax.Array],
     beta: the EMA factor in [0, 1).
     num_tasks: ``T`` (required: the running coefficients live in the state).
     shared: which leaves are shared.
+    per_group: ``None`` (one Gramian), ``'leaf'`` or ``key_path -> group
+      id``: the weighting on each group's Gramian with its own running coefficients per group,
+      each group's leaves combined with its coefficients (see
+      ``mtl_optax.methods.gramian_direction``); ``init`` then needs the
+      parameters (``init(params)``) to find the groups.
 
   Returns:
     An ``Aggregator``. Its ``inner`` state is ``(running_c, step)``.
@@ -66,7 +73,11 @@ def ema_weighting(weighting: Callable[[jax.Array], jax.Array],
                   (1 - beta) * new)
     return c, (c.astype(running.dtype), step + 1)
 
-  direction_fn = gramian_direction(coefficients, shared=shared)
-  return _build(direction_fn, num_tasks=t, preferences=None,
-                init_inner=lambda: (jnp.zeros((t,), state_dtype()),
-                                    jnp.zeros((), jnp.int32)))
+  direction_fn = gramian_direction(coefficients, shared=shared,
+                                   per_group=per_group, per_group_state=True,
+                                   method='ema_weighting')
+  init = lambda: (jnp.zeros((t,), state_dtype()), jnp.zeros((), jnp.int32))
+  return _build(direction_fn, num_tasks=t, preferences=None, init_inner=init,
+                init_inner_from_params=per_group_state_init(
+                    init, shared=shared, per_group=per_group,
+                    method='ema_weighting'))

@@ -26,6 +26,7 @@ from mtl_optax.gramians import preference_vector
 from mtl_optax.methods._core import _build
 from mtl_optax.methods._core import _require_num_tasks
 from mtl_optax.methods._core import gramian_direction
+from mtl_optax.methods._core import per_group_state_init
 from mtl_optax.methods._core import state_dtype
 from mtl_optax.methods.pcgrad import random_orders
 
@@ -82,6 +83,7 @@ def gradvac_weights(
 
 def gradvac(beta: float = 0.5, preferences: jax.Array | None = None, *,
             num_tasks: int | None = None, shared: gram_lib.SharedMask = None,
+            per_group: gram_lib.PerGroup = None,
             seed: int = 0) -> aggregating.Aggregator:
   """Gradient Vaccine (Wang et al., ICLR 2021): raise each pair's cosine to
   its EMA target (``β`` the EMA rate), random order per task and step.
@@ -91,6 +93,12 @@ def gradvac(beta: float = 0.5, preferences: jax.Array | None = None, *,
     preferences: ``[T]`` weights of the sum (default ones).
     num_tasks: ``T`` (required: the ``T×T`` targets live in the state).
     shared: which leaves are shared.
+    per_group: ``None`` (one Gramian), ``'leaf'`` or ``key_path -> group
+      id``: the weighting on each group's Gramian with its own cosine targets and key (GradVac's paper
+      applies it per layer) per group,
+      each group's leaves combined with its coefficients (see
+      ``mtl_optax.methods.gramian_direction``); ``init`` then needs the
+      parameters (``init(params)``) to find the groups.
     seed: PRNG seed for the visiting orders.
 
   Returns:
@@ -121,7 +129,12 @@ def gradvac(beta: float = 0.5, preferences: jax.Array | None = None, *,
     return c, (key, new_targets.astype(targets.dtype))
 
   direction_fn = gramian_direction(coefficients, shared=shared,
-                                   preferences=preferences)
+                                   preferences=preferences,
+                                   per_group=per_group, per_group_state=True,
+                                   method='gradvac')
+  init = lambda: (jax.random.PRNGKey(seed), jnp.zeros((t, t), state_dtype()))
   return _build(direction_fn, num_tasks=t, preferences=preferences,
-                init_inner=lambda: (jax.random.PRNGKey(seed),
-                                    jnp.zeros((t, t), state_dtype())))
+                init_inner=init,
+                init_inner_from_params=per_group_state_init(
+                    init, shared=shared, per_group=per_group,
+                    method='gradvac'))
