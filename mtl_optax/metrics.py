@@ -543,6 +543,134 @@ def regression() -> Metric:
   return _metric(init, update, _sum_merge, compute)
 
 
+class DisparityState(NamedTuple):
+  """Sums over valid pixels: ``Σ|ŷ-y|``, ``Σ(ŷ-y)²``, ``Σŷ²``, ``Σŷy``,
+  ``Σy²`` and the count."""
+  abs_err: jax.Array
+  sq_err: jax.Array
+  pred_sq: jax.Array
+  pred_target: jax.Array
+  target_sq: jax.Array
+  count: jax.Array
+
+
+def disparity() -> Metric:
+  """Streaming disparity errors over the valid pixels (``target > 0``).
+
+  With ``N`` valid pixels of the whole dataset (pooled):
+
+  - ``mae = Σ |ŷ - y| / N`` and ``mse = Σ (ŷ - y)² / N``, the errors
+    Sener & Koltun (2018, Table 4) and Senushkin et al. (2023) report for
+    Cityscapes' disparities;
+  - ``mse_up_to_scale = min_s Σ (s ŷ - y)² / N = (Σy² - (Σŷy)²/Σŷ²) / N``,
+    the error after the best single scale of all the predictions: our
+    reading of Table 3's "Disparity error MSE (up to scale)" in Senushkin
+    et al. (a disparity is known only up to the camera's scale); it is
+    unchanged when the predictions are multiplied by any ``c ≠ 0``. With
+    ``Σŷ² = 0`` it is ``Σy²/N``. The sums are float32, so it is computed
+    to about ``1e-7 · Σy²/N``, and clipped at 0.
+
+  Returns:
+    A :class:`Metric` whose ``update(state, predictions, targets, mask=None)``
+    takes an optional mask broadcastable to ``targets`` and whose
+    ``compute`` gives ``{'mae', 'mse', 'mse_up_to_scale', 'count'}``; ``0``
+    with no valid pixel.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mtl_optax import metrics
+    >>> m = metrics.disparity()
+    >>> s = m.update(m.init(), jnp.array([1., 2., 7.]), jnp.array([2., 4., 0.]))
+    >>> {k: float(v) for k, v in m.compute(s).items()}
+    {'count': 2.0, 'mae': 1.5, 'mse': 2.5, 'mse_up_to_scale': 0.0}
+  """
+
+  def init():
+    zero = jnp.zeros((), jnp.float32)
+    return DisparityState(zero, zero, zero, zero, zero,
+                          jnp.zeros((), jnp.int32))
+
+  def update(state, predictions, targets, mask=None):
+    targets = jnp.asarray(targets, jnp.float32)
+    predictions = jnp.broadcast_to(jnp.asarray(predictions, jnp.float32),
+                                   targets.shape)
+    valid = _valid(targets > 0, mask)
+    diff = predictions - targets
+    return _sum_merge(state, DisparityState(
+        _sum(jnp.abs(diff), valid), _sum(diff * diff, valid),
+        _sum(predictions * predictions, valid),
+        _sum(predictions * targets, valid), _sum(targets * targets, valid),
+        _count(valid)))
+
+  def compute(state):
+    ok = state.pred_sq > 0
+    explained = jnp.where(
+        ok, state.pred_target ** 2 / jnp.where(ok, state.pred_sq, 1.0), 0.0)
+    residual = jnp.maximum(state.target_sq - explained, 0.0)
+    return {'mae': _ratio(state.abs_err, state.count),
+            'mse': _ratio(state.sq_err, state.count),
+            'mse_up_to_scale': _ratio(residual, state.count),
+            'count': state.count}
+
+  return _metric(init, update, _sum_merge, compute)
+
+
+def merged(*members: Metric) -> Metric:
+  """One :class:`Metric` reporting several metrics of the same outputs.
+
+  Every member is updated with the same arguments; ``compute`` returns the
+  union of the members' dicts (e.g. Cityscapes' disparities: the depth
+  errors and :func:`disparity`'s). Only ``count`` may be reported by two
+  members (the last one's is kept: merge metrics that count the same
+  pixels); another repeated name raises ValueError at ``compute``.
+
+  Args:
+    *members: the metrics, at least one.
+
+  Returns:
+    A :class:`Metric` whose state is the tuple of the members' states.
+
+  Raises:
+    ValueError: with no member, or (at ``compute``) two members reporting
+      a name other than ``count``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mtl_optax import metrics
+    >>> m = metrics.merged(metrics.depth(), metrics.disparity())
+    >>> s = m.update(m.init(), jnp.array([1., 3.]), jnp.array([2., 2.]))
+    >>> out = m.compute(s)
+    >>> float(out['abs_err']), float(out['mse']), float(out['count'])
+    (1.0, 1.0, 2.0)
+  """
+  if not members:
+    raise ValueError('merged() needs at least one metric, e.g. '
+                     'metrics.merged(metrics.depth(), metrics.disparity()).')
+
+  def init():
+    return tuple(m.init() for m in members)
+
+  def update(state, *args, **kwargs):
+    return tuple(m.update(s, *args, **kwargs)
+                 for m, s in zip(members, state))
+
+  def merge(a, b):
+    return tuple(m.merge(x, y) for m, x, y in zip(members, a, b))
+
+  def compute(state):
+    out = {}
+    for m, s in zip(members, state):
+      for name, value in m.compute(s).items():
+        if name in out and name != 'count':
+          raise ValueError(
+              f'merged(): two metrics report {name!r}; merge metrics whose '
+              'names differ (only count may repeat).')
+        out[name] = value
+    return out
+
+  return Metric(init, update, merge, compute)
+
+
 # ----------------------------------------------------------------------------
 # Surface normals.
 # ----------------------------------------------------------------------------
@@ -1102,7 +1230,7 @@ LOWER_IS_BETTER: Mapping[str, bool] = {
     'mean': True, 'median': True,
     'within_11_25': False, 'within_22_5': False, 'within_30': False,
     # per-pixel regression (instance offsets, disparity)
-    'mae': True, 'mse': True,
+    'mae': True, 'mse': True, 'mse_up_to_scale': True,
     # camera pose
     'median_translation': True, 'median_rotation': True,
 }

@@ -486,7 +486,9 @@ def default_eval_metrics(dataset: str, tasks: tuple[str, ...], *,
   """The papers' metrics for ``dataset``'s tasks, keyed by task.
 
   Classification tasks report accuracy; segmentation mIoU and pixel
-  accuracy; depth (or disparity) absolute/relative error and δ; normals the
+  accuracy; depth (or disparity) absolute/relative error and δ, and for
+  Cityscapes' disparities (``'cityscapes'``) also their MAE, MSE and MSE up
+  to scale (``metrics.disparity``); normals the
   angle statistics; instance offsets their masked L1/L2 error; 7-Scenes the
   median translation and orientation errors (one ``pose`` entry).
 
@@ -511,6 +513,12 @@ def default_eval_metrics(dataset: str, tasks: tuple[str, ...], *,
       'normals': metrics_lib.normals,
       'instance': metrics_lib.regression,
   }
+  if dataset == 'cityscapes':
+    # Sener & Koltun's set-up regresses disparity: its papers report the
+    # disparity MSE (Senushkin et al.: "up to scale"), beside the depth
+    # errors that the MTAN-style tables use.
+    dense['depth'] = lambda: metrics_lib.merged(metrics_lib.depth(),
+                                                metrics_lib.disparity())
   masks = {'instance': lambda batch: batch['instance_mask'][..., None] > 0}
   result = {}
   for task in tasks:
