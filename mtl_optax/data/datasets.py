@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 from typing import Any, Callable, Mapping, Union
 
 from mtl_optax.data import augment as augment_lib
@@ -132,6 +133,30 @@ def _split_options(spec, options):
   return source_opts, prep_opts
 
 
+_HOLDOUT = re.compile(r'^(?P<base>.+)@(?P<part>holdout|rest)(?P<count>\d+)'
+                      r'(?:_seed(?P<seed>\d+))?$')
+
+
+def split_source(spec: 'DatasetSpec', split: str, *, data_dir, **source_opts):
+  """``spec.data_source(split, ...)``, with the hold-out syntax.
+
+  ``'SPLIT@holdoutN'`` is a seeded random choice of ``N`` records of
+  ``SPLIT`` (any tfds split, slices included) and ``'SPLIT@restN'`` the
+  other records, e.g. Sener & Koltun's Cityscapes protocol: hyper-parameters
+  chosen on 275 random training images (``train_split='train@rest275'``,
+  ``eval_split='train@holdout275'``), then retrained on ``'train'``. A
+  suffix ``_seedS`` draws with seed ``S`` (default 0): ``'train@rest275_seed1'``.
+  """
+  match = _HOLDOUT.match(split)
+  if match is None:
+    return spec.data_source(split, data_dir=data_dir, **source_opts)
+  source = spec.data_source(match['base'], data_dir=data_dir, **source_opts)
+  held, rest = loader_lib.holdout_indices(
+      len(source), int(match['count']), int(match['seed'] or 0))
+  return loader_lib.SubsetSource(source,
+                                 held if match['part'] == 'holdout' else rest)
+
+
 def is_multi_input(name: str) -> bool:
   """Whether dataset ``name``'s tasks each have their own examples.
 
@@ -150,10 +175,10 @@ def num_examples(name: str, split: str, *,
   spec = get_spec(name)
   source_opts, _ = _split_options(spec, options)
   if spec.multi_input:
-    return {task: len(spec.data_source(split, data_dir=data_dir, task=task,
-                                       **source_opts))
+    return {task: len(split_source(spec, split, data_dir=data_dir,
+                                   task=task, **source_opts))
             for task in spec.tasks}
-  return len(spec.data_source(split, data_dir=data_dir, **source_opts))
+  return len(split_source(spec, split, data_dir=data_dir, **source_opts))
 
 
 AugmentOption = Union[bool, Mapping[str, Any], Callable[..., dict], None]
@@ -197,7 +222,9 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
   Args:
     name: a key of ``DATASETS`` (see the module doc).
     split: tfds split name (``'train'``, ``'test'``, ``'validation'``; tfds
-      slicing such as ``'train[:90%]'`` works too).
+      slicing such as ``'train[:90%]'`` works too), or a seeded random
+      hold-out of one (``'train@holdout275'``, ``'train@rest275'``; see
+      ``split_source``).
     data_dir: tfds data directory holding the prepared dataset.
     batch_size: **global** batch size (each of ``process_count`` processes
       yields ``batch_size // process_count`` examples per step).
@@ -241,8 +268,8 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
     if in_memory:
       raise ValueError(f'in_memory=True is not supported for the multi-input '
                        f'dataset {name!r}; leave it at None.')
-    sources = {task: spec.data_source(split, data_dir=data_dir, task=task,
-                                      **source_opts) for task in spec.tasks}
+    sources = {task: split_source(spec, split, data_dir=data_dir, task=task,
+                                  **source_opts) for task in spec.tasks}
     transforms = {task: _compose(functools.partial(spec.preprocess, task=task,
                                                    **prep_opts), transform)
                   for task in spec.tasks}
@@ -252,7 +279,7 @@ def load(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
         transforms=transforms, prefetch=prefetch,
         process_index=process_index, process_count=process_count,
         state=state, augment=augment if shuffle else None)
-  source = spec.data_source(split, data_dir=data_dir, **source_opts)
+  source = split_source(spec, split, data_dir=data_dir, **source_opts)
   if spec.in_memory if in_memory is None else in_memory:
     source = loader_lib.read_into_memory(source, keys=spec.memory_keys)
   preprocess = (functools.partial(spec.preprocess, **prep_opts) if prep_opts

@@ -222,6 +222,62 @@ class ArraySource:
     return _tree_map(lambda a: a[indices], self.arrays)
 
 
+@dataclasses.dataclass(frozen=True)
+class SubsetSource:
+  """The records of ``source`` at ``indices``, as a random-access source.
+
+  ``subset[i]`` is ``source[indices[i]]``; batches are read through the
+  source's own batched reads (``gather``).
+
+  Example:
+    >>> sub = SubsetSource(ArraySource({'x': np.arange(10)}), np.array([7, 2]))
+    >>> len(sub), sub[0]['x'].item(), sub.gather(np.array([1, 0]))['x'].tolist()
+    (2, 7, [2, 7])
+  """
+
+  source: Any
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> Batch:
+    return self.source[int(self.indices[index])]
+
+  def gather(self, indices: np.ndarray) -> Batch:
+    return gather(self.source, self.indices[np.asarray(indices, np.int64)])
+
+
+def holdout_indices(size: int, count: int, seed: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """A seeded random hold-out of ``count`` of ``size`` records.
+
+  Args:
+    size: the split's number of records.
+    count: how many to hold out (``0 < count < size``).
+    seed: the draw's seed.
+
+  Returns:
+    ``(held_out, rest)``, each in increasing order, together every index
+    once: ``numpy.random.default_rng(seed).permutation(size)``'s first
+    ``count`` entries and the others.
+
+  Raises:
+    ValueError: ``count`` is not in ``(0, size)``.
+
+  Example:
+    >>> held, rest = holdout_indices(10, 3)
+    >>> len(held), len(rest), sorted(held.tolist() + rest.tolist()) == list(range(10))
+    (3, 7, True)
+  """
+  if not 0 < count < size:
+    raise ValueError(
+        f'cannot hold out {count} of {size} records: the hold-out must keep '
+        f'some records on each side (0 < count < {size}).')
+  order = np.random.default_rng(seed).permutation(size)
+  return np.sort(order[:count]), np.sort(order[count:])
+
+
 def gather(source: Any, indices: np.ndarray) -> Batch:
   """Reads the records at ``indices`` from ``source`` as one stacked batch.
 
