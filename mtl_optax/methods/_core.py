@@ -498,6 +498,23 @@ def per_group_state_init(init_inner: Callable[[], Any], *,
   return init
 
 
+def _stateful(coefficients_fn, init_inner: Callable[[], Any], *,
+              num_tasks: int, shared: gram_lib.SharedMask,
+              per_group: gram_lib.PerGroup, method: str,
+              preferences: jax.Array | None = None
+              ) -> aggregating.Aggregator:
+  """A Gramian aggregator whose weighting has state ``init_inner()``; with
+  ``per_group``, one state per parameter group (``per_group_state_init``)."""
+  direction_fn = gramian_direction(
+      coefficients_fn, shared=shared, preferences=preferences,
+      per_group=per_group, per_group_state=True, method=method)
+  return _build(direction_fn, num_tasks=num_tasks, preferences=preferences,
+                init_inner=init_inner,
+                init_inner_from_params=per_group_state_init(
+                    init_inner, shared=shared, per_group=per_group,
+                    method=method))
+
+
 def aggregator_state(opt_state: Any) -> AggregatorState:
   """Finds the (first) ``AggregatorState`` inside an optimizer state.
 

@@ -32,11 +32,9 @@ from optax.experimental import aggregating
 
 from mtl_optax import _checks
 from mtl_optax import gramians as gram_lib
-from mtl_optax.methods._core import _build
 from mtl_optax.methods._core import _require_num_tasks
 from mtl_optax.methods._core import _stateless
-from mtl_optax.methods._core import gramian_direction
-from mtl_optax.methods._core import per_group_state_init
+from mtl_optax.methods._core import _stateful
 from mtl_optax.methods._core import state_dtype
 
 
@@ -238,14 +236,10 @@ def nash_mtl(max_norm: float = 1.0, update_weights_every: int = 1,
     # the previous α as the warm start.
     return c, (fresh.astype(alpha.dtype), step + 1)
 
-  direction_fn = gramian_direction(coefficients, shared=shared,
-                                   per_group=per_group, per_group_state=True,
-                                   method='nash_mtl')
-  init = lambda: (jnp.ones((t,), state_dtype()), jnp.zeros((), jnp.int32))
-  return _build(direction_fn, num_tasks=t, preferences=None, init_inner=init,
-                init_inner_from_params=per_group_state_init(
-                    init, shared=shared, per_group=per_group,
-                    method='nash_mtl'))
+  return _stateful(
+      coefficients,
+      lambda: (jnp.ones((t,), state_dtype()), jnp.zeros((), jnp.int32)),
+      num_tasks=t, shared=shared, per_group=per_group, method='nash_mtl')
 
 
 def fairgrad(alpha: float = 1.0, *, shared: gram_lib.SharedMask = None,

@@ -21,10 +21,8 @@ from optax.experimental import aggregating
 
 from mtl_optax import _checks
 from mtl_optax import gramians as gram_lib
-from mtl_optax.methods._core import _build
 from mtl_optax.methods._core import _require_num_tasks
-from mtl_optax.methods._core import gramian_direction
-from mtl_optax.methods._core import per_group_state_init
+from mtl_optax.methods._core import _stateful
 from mtl_optax.methods._core import state_dtype
 
 
@@ -73,11 +71,7 @@ def ema_weighting(weighting: Callable[[jax.Array], jax.Array],
                   (1 - beta) * new)
     return c, (c.astype(running.dtype), step + 1)
 
-  direction_fn = gramian_direction(coefficients, shared=shared,
-                                   per_group=per_group, per_group_state=True,
-                                   method='ema_weighting')
-  init = lambda: (jnp.zeros((t,), state_dtype()), jnp.zeros((), jnp.int32))
-  return _build(direction_fn, num_tasks=t, preferences=None, init_inner=init,
-                init_inner_from_params=per_group_state_init(
-                    init, shared=shared, per_group=per_group,
-                    method='ema_weighting'))
+  return _stateful(
+      coefficients,
+      lambda: (jnp.zeros((t,), state_dtype()), jnp.zeros((), jnp.int32)),
+      num_tasks=t, shared=shared, per_group=per_group, method='ema_weighting')

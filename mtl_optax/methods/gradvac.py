@@ -23,10 +23,8 @@ from optax.experimental import aggregating
 from mtl_optax import _checks
 from mtl_optax import gramians as gram_lib
 from mtl_optax.gramians import preference_vector
-from mtl_optax.methods._core import _build
 from mtl_optax.methods._core import _require_num_tasks
-from mtl_optax.methods._core import gramian_direction
-from mtl_optax.methods._core import per_group_state_init
+from mtl_optax.methods._core import _stateful
 from mtl_optax.methods._core import state_dtype
 from mtl_optax.methods.pcgrad import random_orders
 
@@ -128,13 +126,8 @@ def gradvac(beta: float = 0.5, preferences: jax.Array | None = None, *,
                                       beta, preferences)
     return c, (key, new_targets.astype(targets.dtype))
 
-  direction_fn = gramian_direction(coefficients, shared=shared,
-                                   preferences=preferences,
-                                   per_group=per_group, per_group_state=True,
-                                   method='gradvac')
-  init = lambda: (jax.random.PRNGKey(seed), jnp.zeros((t, t), state_dtype()))
-  return _build(direction_fn, num_tasks=t, preferences=preferences,
-                init_inner=init,
-                init_inner_from_params=per_group_state_init(
-                    init, shared=shared, per_group=per_group,
-                    method='gradvac'))
+  return _stateful(
+      coefficients,
+      lambda: (jax.random.PRNGKey(seed), jnp.zeros((t, t), state_dtype())),
+      num_tasks=t, shared=shared, per_group=per_group, method='gradvac',
+      preferences=preferences)
