@@ -171,3 +171,19 @@ def test_sener_koltun_variant_shapes():
                                                   'right': (2, 10)}
   tx = optax.chain(mtl.aligned_mtl(), optax.sgd(0.1))
   assert tx.init(models.functional(model).params) is not None
+
+
+def test_learning_rate_sweep_runs_are_the_single_runs_with_dropout():
+  """Each vmapped run draws its masks from its own stacked streams: the
+  same as the run trained alone."""
+  config = _config(num_steps=4, model_kwargs=DROPOUT)
+  sweep = training.train(config, progress=False, data_fn=_data_fn(),
+                         sweep={'learning_rate': [1e-3, 3e-3]})
+  alone = training.train(config.replace(learning_rate=3e-3), progress=False,
+                         data_fn=_data_fn())
+  np.testing.assert_allclose(sweep.run(1).history['losses'],
+                             alone.history['losses'], rtol=1e-4, atol=1e-5)
+  counts = [np.asarray(x) for path, x in
+            jax.tree_util.tree_leaves_with_path(sweep.state.batch_stats)
+            if path[-1].key == 'count']
+  assert len(counts) == 3 and all(c.tolist() == [4, 4] for c in counts)
