@@ -152,6 +152,13 @@ def _check_eval_and_train(torch, their_model, body, encoder, x,
   # rounding grows to 3e-6 through three of them.
   with jax.enable_x64(True):
     theirs64, ours64 = copy.deepcopy(their_model).double(), nnx.clone(encoder)
+    # The same (float32) values held in float64, as torch's .double(): a
+    # float64 pass must not write float64 statistics into float32 arrays
+    # (a scatter JAX warns will become an error).
+    nnx.update(ours64, jax.tree.map(
+        lambda v: (jnp.asarray(v, jnp.float64)
+                   if jnp.issubdtype(v.dtype, jnp.floating) else v),
+        nnx.state(ours64)))
     x64 = _image((2, 3, 48, 48), seed=1).astype(np.float64)
     _close(*run(theirs64, ours64, x64, True), tol=EXACT_TOL)
     _check_running_stats(theirs64, ours64, rtol=1e-6)
