@@ -10,12 +10,15 @@
         [--config chess --config fire ...]   # default: all seven scenes
     python -m mtl_optax.data.prepare office31 --data-dir OUT --manual-dir OFFICE31
     python -m mtl_optax.data.prepare office_home --data-dir OUT --manual-dir OFFICE_HOME
+    python -m mtl_optax.data.prepare celeb_a_jpegs --data-dir OUT --manual-dir CELEBA
 
 Each module's doc says what the manual directory must hold. MultiMNIST and
 CIFAR-100 download their files only with ``--download``; a missing manual
 directory is an immediate error naming it. The command prints each split's
-size and the time taken. ``celeb_a`` is tfds' own
-dataset (prepare it with tfds in ArrayRecord format).
+size and the time taken. ``celeb_a`` is tfds' own dataset (prepare it with
+tfds in ArrayRecord format, which needs TensorFlow), or ``celeb_a_jpegs``
+from CelebA's own files (``mtl_optax.data.celeb_a``; load it with
+``source='jpegs'``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Sequence
 
 import tensorflow_datasets as tfds
 
+from mtl_optax.data import celeb_a
 from mtl_optax.data import cifar100_mt
 from mtl_optax.data import cityscapes
 from mtl_optax.data import multi_mnist
@@ -42,6 +46,7 @@ BUILDERS = {
     'seven_scenes': seven_scenes.SevenScenes,
     'office31': office.Office31,
     'office_home': office.OfficeHome,
+    'celeb_a_jpegs': celeb_a.CelebAJpegs,
 }
 
 
@@ -53,7 +58,8 @@ def prepare(name: str, *, data_dir: str | os.PathLike,
 
   Args:
     name: ``'multi_mnist'``, ``'cifar100_mt'``, ``'cityscapes'``,
-      ``'nyuv2'``, ``'seven_scenes'``, ``'office31'`` or ``'office_home'``.
+      ``'nyuv2'``, ``'seven_scenes'``, ``'office31'``, ``'office_home'`` or
+      ``'celeb_a_jpegs'``.
     data_dir: tfds data directory to write into.
     manual_dir: directory with the source files (see the dataset's module).
     config: builder config (name or instance), e.g. a 7-Scenes scene, or an
