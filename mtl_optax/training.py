@@ -128,6 +128,13 @@ class Config:
     weight_decay: decoupled weight decay (``adamw``), or L2 added to the
       gradient (``sgd``; ``adam``, as ``torch.optim.Adam``'s
       ``weight_decay``).
+    learning_rate_scales: per-part factors of the learning rate,
+      ``{'encoder': f, 'heads': g}`` (a part left out: 1), e.g. Chai et
+      al.'s 1e-2 for the backbone and 1e-3 for the heads:
+      ``learning_rate=1e-2, learning_rate_scales={'heads': 0.1}``. The
+      optimizer's update is multiplied by the part's factor: exactly a
+      per-group learning rate for ``'sgd'``, ``'adam'`` and ``'adamw'``
+      (whose decoupled decay is scaled with it, as in torch).
     lr_decay_epochs: epochs after which the learning rate is multiplied by
       ``lr_decay_factor`` (a step schedule; empty = constant).
     lr_decay_factor: the factor of each decay.
@@ -184,6 +191,8 @@ class Config:
   learning_rate: float = 1e-3
   momentum: float = 0.9
   weight_decay: float = 0.0
+  learning_rate_scales: Mapping[str, float] = dataclasses.field(
+      default_factory=dict)
   lr_decay_epochs: tuple[float, ...] = ()
   lr_decay_factor: float = 0.1
   num_epochs: float = 1.0
@@ -429,6 +438,33 @@ def make_optimizer(config: Config, schedule: optax.Schedule
     return tx
   raise ValueError(f"Unknown optimizer {config.optimizer!r}; use 'adam', "
                    "'adamw' or 'sgd'.")
+
+
+def scale_by_part(scales: Mapping[str, float]
+                  ) -> optax.GradientTransformation:
+  """Multiplies the updates of each top-level part (``'encoder'``,
+  ``'heads'``) by its factor in ``scales`` (1 for a part left out).
+
+  Chained after an optimizer that ends with its learning rate, it gives
+  each part its own learning rate (``Config.learning_rate_scales``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> tx = scale_by_part({'heads': 0.1})
+    >>> u, _ = tx.update({'encoder': jnp.ones(2), 'heads': jnp.ones(2)},
+    ...                  tx.init(None))
+    >>> u['encoder'].tolist(), u['heads'].tolist()
+    ([1.0, 1.0], [0.10000000149011612, 0.10000000149011612])
+  """
+  scales = dict(scales)
+
+  def scale(updates, params=None):
+    del params
+    return {part: jax.tree.map(
+        lambda u, f=scales.get(part, 1.0): (u * f).astype(u.dtype), value)
+            for part, value in updates.items()}
+
+  return optax.stateless(scale)
 
 
 class RunLearningRateState(NamedTuple):
@@ -686,6 +722,14 @@ def create_model(config: Config) -> tuple[Any, dict[str, Any]]:
 def _check_config(config: Config) -> None:
   if config.level not in LEVELS:
     raise ValueError(f'level must be one of {LEVELS}, got {config.level!r}.')
+  scales = config.learning_rate_scales
+  if not isinstance(scales, Mapping) or set(scales) - {'encoder', 'heads'} \
+      or not all(isinstance(f, (int, float)) and math.isfinite(f) and f >= 0
+                 for f in scales.values()):
+    raise ValueError(
+        'learning_rate_scales maps the parts \'encoder\' and \'heads\' to '
+        f'finite factors ≥ 0, got {scales!r}; e.g. {{\'heads\': 0.1}} for '
+        'heads trained at a tenth of learning_rate.')
   if config.method not in registry.available():
     raise ValueError(f'Unknown method {config.method!r}; available: '
                      f'{", ".join(registry.available())}.')
@@ -807,6 +851,9 @@ def _build(config: Config, *, num_train_examples: int,
     schedule = learning_rate_schedule(config, steps_per_epoch)
     optimizer = make_optimizer(config, schedule)
     learning_rate = lambda state: schedule(state.step)
+  if config.learning_rate_scales:
+    optimizer = optax.chain(optimizer,
+                            scale_by_part(config.learning_rate_scales))
 
   method_kwargs = dict(config.method_kwargs)
   if config.level == 'parameter':

@@ -217,3 +217,34 @@ def test_config_seed_reaches_every_method_that_takes_one():
     assert any(not np.array_equal(a, b) for a, b in
                zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1]))
                ), method
+
+
+def test_learning_rate_scales_give_each_part_its_rate():
+  """One SGD step with heads at a tenth of the rate: the heads move a tenth
+  as far as with the plain rate, the encoder as far."""
+  base = _config(optimizer='sgd', momentum=0.0, num_steps=1,
+                 learning_rate=1e-2, eval_split=None)
+  plain = training.train(base, progress=False, data_fn=_data_fn())
+  scaled = training.train(
+      base.replace(learning_rate_scales={'heads': 0.1}), progress=False,
+      data_fn=_data_fn())
+  init = training.build(base, num_train_examples=NUM_EXAMPLES).init_state
+  moved = lambda r, part: jax.tree.map(
+      lambda a, b: np.asarray(a) - np.asarray(b), r.state.params[part],
+      init.params[part])
+  for a, b in zip(jax.tree.leaves(moved(scaled, 'heads')),
+                  jax.tree.leaves(moved(plain, 'heads'))):
+    # (float32 parameters: their differences are rounded to ~3e-8)
+    np.testing.assert_allclose(a, 0.1 * b, rtol=1e-3, atol=1e-7)
+  for a, b in zip(jax.tree.leaves(moved(scaled, 'encoder')),
+                  jax.tree.leaves(moved(plain, 'encoder'))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert np.abs(jax.tree.leaves(moved(plain, 'heads'))[0]).max() > 0
+
+
+@pytest.mark.parametrize('scales', [{'head': 0.1}, {'heads': -1.0},
+                                    {'heads': float('nan')}])
+def test_bad_learning_rate_scales_name_the_parts(scales):
+  with pytest.raises(ValueError, match="learning_rate_scales maps the parts"):
+    training.build(_config(learning_rate_scales=scales),
+                   num_train_examples=NUM_EXAMPLES)
