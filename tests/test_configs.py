@@ -32,7 +32,8 @@ def _data_fn(dataset):
   return data_fn
 
 
-CASES = [(name, {}) for name in configs.NAMES] + [('nyuv2', {'arch': 'aspp'})]
+CASES = [(name, {}) for name in configs.NAMES] + [
+    ('nyuv2', {'arch': 'aspp'}), ('cityscapes_mtan', {'arch': 'aspp'})]
 
 
 @pytest.mark.parametrize('name,args', CASES,
@@ -61,3 +62,26 @@ def test_config_trains_two_steps(name, args):
 def test_unknown_config_is_a_clear_error():
   with pytest.raises(KeyError, match='known'):
     configs.get_config('imagenet')
+
+
+def test_mamg_set_ups():
+  """Chai et al. §IV-C as written: Adam with an L2 term (not decoupled),
+  the backbone at 1e-2 and the heads at 1e-3 on Cityscapes, the two-task
+  NYUv2 scenario (segmentation + normals)."""
+  from flax import nnx
+  from mtl_optax import models
+  city = configs.get_config('cityscapes_mtan', arch='aspp')
+  assert (city.optimizer, city.learning_rate, city.weight_decay) == (
+      'adam', 1e-2, 1e-4)
+  assert city.learning_rate_scales == {'heads': 0.1}
+  nyu = configs.get_config('nyuv2', arch='aspp', tasks='seg_normals')
+  assert nyu.optimizer == 'adam' and not nyu.learning_rate_scales
+  model = nnx.eval_shape(lambda: models.create(
+      nyu.model, rngs=0, width=2, **nyu.model_kwargs))
+  assert model.tasks == ('segmentation', 'normals')
+  assert sorted(models.default_task_losses(nyu.model, **nyu.model_kwargs)
+                ) == ['normals', 'segmentation']
+  with pytest.raises(ValueError, match="use arch='aspp'"):
+    configs.get_config('nyuv2', tasks='seg_normals')
+  with pytest.raises(ValueError, match='tasks are among'):
+    models.create('resnet34_aspp_nyuv2', rngs=0, width=2, tasks=('edges',))

@@ -161,7 +161,9 @@ def resnet50_pspnet_cityscapes(*, rngs: nnx.Rngs | int = 0,
       for t, out in outputs.items()})
 
 
-def resnet34_aspp_nyuv2(*, rngs: nnx.Rngs | int = 0, num_classes: int = 13,
+def resnet34_aspp_nyuv2(*, rngs: nnx.Rngs | int = 0,
+                        num_classes: int | None = None,
+                        tasks: str | Sequence[str] = 'nyuv2',
                         width: int = 64, rates: Sequence[int] = (6, 12, 18, 24),
                         hidden: int | None = None,
                         in_features: int = 3,
@@ -174,8 +176,26 @@ def resnet34_aspp_nyuv2(*, rngs: nnx.Rngs | int = 0, num_classes: int = 13,
   convention); ``pretrained``: a torchvision ``resnet34`` checkpoint.
 
   Outputs at the input size (sides multiples of 8): segmentation logits
-  (``num_classes``), depth (1), unit normals (3).
+  (``num_classes``, default the task set's), depth (1), unit normals (3).
+  ``tasks``: ``'nyuv2'`` (those three, 13 classes), ``'cityscapes2'``
+  (segmentation with 7 classes and depth: MAMG's Cityscapes) or a sequence
+  of those task names (e.g. ``('segmentation', 'normals')``, MAMG's NYUv2
+  two-task set-up).
   """
+  if isinstance(tasks, str):
+    if tasks not in mtan.TASK_SETS:
+      raise ValueError(f'tasks must be one of {sorted(mtan.TASK_SETS)} or '
+                       f'task names, got {tasks!r}.')
+    classes = mtan.TASK_SETS[tasks]['segmentation']
+    tasks = tuple(mtan.TASK_SETS[tasks])
+  else:
+    classes = 13
+    tasks = tuple(tasks)
+    unknown = set(tasks) - {'segmentation', 'depth', 'normals'}
+    if unknown or not tasks:
+      raise ValueError(f'tasks are among segmentation, depth and normals; '
+                       f'got {tasks!r}.')
+  num_classes = classes if num_classes is None else num_classes
   rngs = _rngs(rngs)
   encoder = resnet_lib.resnet(depth=34, width=width, output_stride=8,
                               global_pool=False, in_features=in_features,
@@ -188,10 +208,9 @@ def resnet34_aspp_nyuv2(*, rngs: nnx.Rngs | int = 0, num_classes: int = 13,
                               hidden=hidden, upsample=encoder.output_stride,
                               rngs=rngs)
 
-  return base.MultiTaskModel(encoder, {
-      'segmentation': head(num_classes),
-      'depth': head(1),
-      'normals': layers.UnitNormalized(head(3))})
+  make = {'segmentation': lambda: head(num_classes), 'depth': lambda: head(1),
+          'normals': lambda: layers.UnitNormalized(head(3))}
+  return base.MultiTaskModel(encoder, {t: make[t]() for t in tasks})
 
 
 def mtan_segnet(*, rngs: nnx.Rngs | int = 0,
