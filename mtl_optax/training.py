@@ -109,6 +109,11 @@ class Config:
     level: ``'parameter'`` or ``'representation'`` (the "-UB" variants).
     model_kwargs: keyword arguments of ``models.create`` (or of your
       factory).
+    loss_kwargs: options of the zoo model's losses
+      (``models.default_task_losses``): ``{'regression': 'mse'}`` for
+      squared depth and instance errors (Sener & Koltun's Cityscapes),
+      ``{'norm': 'l1'}`` for L1 pose losses. Your own factory returns its
+      losses, so it takes none.
     method_kwargs: keyword arguments of the method's factory.
     dataset_options: options of ``data.load`` (e.g. ``config=`` for
       cityscapes, ``scene=`` for 7-Scenes, ``image_size=`` for CelebA).
@@ -179,6 +184,7 @@ class Config:
   method: str = 'aligned_mtl'
   level: str = 'parameter'
   model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  loss_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   method_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   dataset_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   data_dir: str | None = None
@@ -698,7 +704,13 @@ def create_model(config: Config) -> tuple[Any, dict[str, Any]]:
           "'module:callable' (e.g. 'my_pkg.my_module:make_model').")
     return (models.create(name, rngs=nnx.Rngs(config.seed),
                           **config.model_kwargs),
-            models.default_task_losses(name, **config.model_kwargs))
+            models.default_task_losses(name, **{**config.model_kwargs,
+                                                **config.loss_kwargs}))
+  if config.loss_kwargs:
+    raise ValueError(
+        f'loss_kwargs={dict(config.loss_kwargs)!r} configure the zoo\'s '
+        f'losses; the model {name!r} is your own factory: return '
+        '(model, task_losses) from it with the losses you want.')
   factory = load_model_factory(name)
   if not _takes_rngs(factory):
     raise TypeError(

@@ -85,3 +85,47 @@ def test_mamg_set_ups():
     configs.get_config('nyuv2', tasks='seg_normals')
   with pytest.raises(ValueError, match='tasks are among'):
     models.create('resnet34_aspp_nyuv2', rngs=0, width=2, tasks=('edges',))
+
+
+def test_sener_koltun_cityscapes_protocol_uses_squared_errors():
+  import jax.numpy as jnp
+  config = configs.get_config('cityscapes', protocol='sener_koltun')
+  assert (config.optimizer, config.batch_size, config.num_epochs) == (
+      'sgd', 8, 250)
+  assert config.lr_decay_epochs[:2] == (30, 60)
+  assert config.lr_decay_factor == 0.5
+  from mtl_optax import models
+  mse = models.default_task_losses(config.model, **config.loss_kwargs)
+  l1 = models.default_task_losses(config.model)
+  rng = np.random.default_rng(0)
+  pred = jnp.asarray(rng.normal(size=(2, 4, 4, 1)), jnp.float32)
+  target = np.abs(rng.normal(size=(2, 4, 4, 1))).astype(np.float32)
+  target[0, 0, 0, 0] = 0.0                     # an invalid pixel
+  batch = {'depth': target}
+  valid = target != 0
+  np.testing.assert_allclose(
+      float(mse['depth'](pred, batch)),
+      np.mean(((np.asarray(pred) - target) ** 2)[valid]), rtol=1e-5)
+  np.testing.assert_allclose(
+      float(l1['depth'](pred, batch)),
+      np.mean(np.abs(np.asarray(pred) - target)[valid]), rtol=1e-5)
+  offsets = jnp.asarray(rng.normal(size=(2, 4, 4, 2)), jnp.float32)
+  mask = rng.uniform(size=(2, 4, 4)) < 0.5
+  inst = {'instance': np.zeros((2, 4, 4, 2), np.float32),
+          'instance_mask': mask}
+  np.testing.assert_allclose(
+      float(mse['instance'](offsets, inst)),
+      np.mean((np.asarray(offsets) ** 2)[mask]), rtol=1e-5)
+  with pytest.raises(ValueError, match="regression must be one of"):
+    models.default_task_losses(config.model, regression='l2')
+  with pytest.raises(ValueError, match='protocol must be one of'):
+    configs.get_config('cityscapes', protocol='mgda')
+
+
+def test_loss_kwargs_are_for_the_zoos_losses():
+  from mtl_optax import training
+  config = configs.get_config('multi_mnist').replace(
+      model='tests.test_configs:_no_such_factory',
+      loss_kwargs={'regression': 'mse'})
+  with pytest.raises(ValueError, match='return .model, task_losses.'):
+    training.create_model(config)

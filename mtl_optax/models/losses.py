@@ -118,6 +118,31 @@ def depth_l1_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
   return l1_loss(pred, target, jnp.asarray(target) != 0)
 
 
+def l2_loss(pred: jax.Array, target: jax.Array,
+            mask: jax.Array | None = None) -> jax.Array:
+  """Mean squared error over the valid elements (``mask`` as ``l1_loss``'s).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from mtl_optax.models import losses
+    >>> float(losses.l2_loss(jnp.array([1., 4.]), jnp.array([3., 0.]),
+    ...                      jnp.array([True, False])))
+    4.0
+  """
+  dtype = _loss_dtype(pred)
+  diff = _as(pred, dtype) - _as(target, dtype)
+  if mask is not None:
+    mask = jnp.asarray(mask)
+    mask = mask.reshape(mask.shape + (1,) * (diff.ndim - mask.ndim))
+  return masked_mean(diff * diff, mask)
+
+
+def depth_l2_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+  """Squared depth (or disparity) error over pixels whose target is
+  non-zero: Sener & Koltun's Cityscapes disparity loss ("MSE")."""
+  return l2_loss(pred, target, jnp.asarray(target) != 0)
+
+
 def _norm(x: jax.Array) -> jax.Array:
   """``‖x‖`` on the last axis (keepdims), exact, with a zero gradient at 0."""
   sq = jnp.sum(jnp.square(x), axis=-1, keepdims=True)

@@ -357,12 +357,27 @@ def _classification_losses(default_tasks):
   return build
 
 
+# ``regression='mse'``: squared errors for depth/disparity and instance
+# offsets (Sener & Koltun's Cityscapes losses) instead of L1.
+_MSE_LOSSES: dict[str, losses.TaskLoss] = {
+    'depth': losses.target_loss(losses.depth_l2_loss, 'depth'),
+    'instance': losses.target_loss(losses.l2_loss, 'instance',
+                                   mask_key='instance_mask'),
+}
+REGRESSION_LOSSES = ('l1', 'mse')
+
+
 def _dense_losses(default_tasks):
   def build(*, tasks: str | Mapping[str, int] | Sequence[str] = default_tasks,
-            **_):
+            regression: str = 'l1', **_):
+    if regression not in REGRESSION_LOSSES:
+      raise ValueError(f'regression must be one of {REGRESSION_LOSSES}, got '
+                       f"{regression!r}: 'mse' for squared depth and "
+                       'instance errors (Sener & Koltun), \'l1\' otherwise.')
     if isinstance(tasks, str):
       tasks = mtan.TASK_SETS[tasks]
-    return {t: _DENSE_LOSSES[t] for t in tasks}
+    table = dict(_DENSE_LOSSES, **(_MSE_LOSSES if regression == 'mse' else {}))
+    return {t: table[t] for t in tasks}
   return build
 
 
@@ -475,8 +490,9 @@ def default_task_losses(name: str, **kwargs: Any) -> dict[str, Any]:
   Args:
     name: one of ``available()``.
     **kwargs: the keywords given to ``create`` (``tasks`` selects the task
-      set of ``mtan_segnet`` and the subsets of CelebA / CIFAR-100-MT) and
-      ``norm='l1'`` for L1 pose losses; others are ignored.
+      set of ``mtan_segnet`` and the subsets of CelebA / CIFAR-100-MT),
+      ``norm='l1'`` for L1 pose losses and ``regression='mse'`` for squared
+      depth and instance errors; others are ignored.
 
   Returns:
     ``{task: fn(output, batch) -> scalar}``: cross-entropy (ignore label
