@@ -129,3 +129,27 @@ def test_loss_kwargs_are_for_the_zoos_losses():
       loss_kwargs={'regression': 'mse'})
   with pytest.raises(ValueError, match='return .model, task_losses.'):
     training.create_model(config)
+
+
+def test_pspnet_on_nyuv2():
+  """Senushkin et al.'s PSPNet on NYUv2: the three NYUv2 heads (normals
+  unit length), the losses of those tasks, MTAN's training set-up."""
+  import jax
+  import jax.numpy as jnp
+  from mtl_optax import models
+  config = configs.get_config('nyuv2', arch='pspnet')
+  assert (config.optimizer, config.learning_rate, config.batch_size,
+          config.num_epochs) == ('adam', 1e-4, 2, 200)
+  out = jax.eval_shape(lambda: models.create(
+      config.model, rngs=0, width=2, **config.model_kwargs)(
+          jnp.zeros((1, 16, 24, 3))))
+  assert {t: o.shape for t, o in out.items()} == {
+      'segmentation': (1, 16, 24, 13), 'depth': (1, 16, 24, 1),
+      'normals': (1, 16, 24, 3)}
+  assert sorted(models.default_task_losses(config.model,
+                                           **config.model_kwargs)) == [
+      'depth', 'normals', 'segmentation']
+  assert sorted(models.default_task_losses(config.model)) == [
+      'depth', 'instance', 'segmentation']
+  with pytest.raises(ValueError, match='tasks must be one of'):
+    models.create(config.model, rngs=0, width=2, tasks='cityscapes2')

@@ -9,7 +9,10 @@ ResNet-34 with ASPP heads of MAMG (Chai et al. 2022 §IV-C: Adam 1e-2, batch
 as written, not a decoupled decay; the paper names no augmentation and no
 epochs, so none and 200). ``tasks='seg_normals'`` gives MAMG's two-task
 scenario (segmentation and normals; the paper uses NYUv2's 40-class labels,
-our prepared NYUv2 holds MTAN's 13 classes).
+our prepared NYUv2 holds MTAN's 13 classes). ``arch='pspnet'``: Senushkin
+et al.'s other NYUv2 model (supplement, "NYUv2 three-task"): the dilated
+ResNet-50 with PSPNet heads, trained as MTAN (Adam 1e-4, batch 2, 200
+epochs, scale-and-crop augmentation).
 """
 
 from mtl_optax import training
@@ -37,6 +40,17 @@ def get_config(arch: str = 'mtan', tasks: str = 'all',
         dataset='nyuv2', method='mamg', train_split='train',
         eval_split='validation', batch_size=16, optimizer='adam',
         learning_rate=1e-2, weight_decay=1e-4, num_epochs=200)
+  elif arch == 'pspnet':
+    if tasks != 'all':
+      raise ValueError("arch='pspnet' trains the three tasks; tasks="
+                       f"{tasks!r} is MAMG's set-up: use arch='aspp'.")
+    config = training.Config(
+        model='resnet50_pspnet_cityscapes', model_kwargs={'tasks': 'nyuv2'},
+        dataset='nyuv2', dataset_options={'augment': True},
+        method='aligned_mtl', train_split='train',
+        eval_split='validation', batch_size=2, optimizer='adam',
+        learning_rate=1e-4, num_epochs=200)
   else:
-    raise ValueError(f"arch must be 'mtan' or 'aspp', got {arch!r}.")
+    raise ValueError(f"arch must be 'mtan', 'aspp' or 'pspnet', got "
+                     f'{arch!r}.')
   return config.replace(**overrides)

@@ -127,8 +127,15 @@ def resnet34_7scenes(*, rngs: nnx.Rngs | int = 0, width: int = 64,
       'orientation': nnx.Linear(encoder.num_features, 4, rngs=rngs)})
 
 
+_PSP_TASK_SETS = {
+    'cityscapes': {'segmentation': 19, 'instance': 2, 'depth': 1},
+    'nyuv2': {'segmentation': 13, 'depth': 1, 'normals': 3},
+}
+
+
 def resnet50_pspnet_cityscapes(*, rngs: nnx.Rngs | int = 0,
-                               num_classes: int = 19, width: int = 64,
+                               num_classes: int | None = None,
+                               tasks: str = 'cityscapes', width: int = 64,
                                bins: Sequence[int] = (1, 2, 3, 6),
                                pool_features: int | None = None,
                                features: int | None = None,
@@ -138,8 +145,10 @@ def resnet50_pspnet_cityscapes(*, rngs: nnx.Rngs | int = 0,
                                ) -> base.MultiTaskModel:
   """Dilated ResNet-50 (output stride 8) and a PSPNet head per task.
 
-  Outputs at the input size (sides must be multiples of 8): segmentation
-  logits (``num_classes``), instance centre offsets (2), disparity (1).
+  Outputs at the input size (sides must be multiples of 8), for
+  ``tasks='cityscapes'``: segmentation logits (``num_classes``, 19), instance
+  centre offsets (2), disparity (1); ``tasks='nyuv2'`` (Senushkin et al.'s
+  PSPNet on NYUv2): segmentation (13), depth (1), unit normals (3).
   ``features`` (fusion channels) defaults to ``8 · width`` (512) and
   ``pool_features`` to a quarter of the encoder's channels (512).
   ``dilation_style='torchvision'``: the dilated ResNet of MGDA-UB's code
@@ -147,18 +156,27 @@ def resnet50_pspnet_cityscapes(*, rngs: nnx.Rngs | int = 0,
   a torchvision ``resnet50`` checkpoint for the encoder (003 initialises it
   on ImageNet).
   """
+  if tasks not in _PSP_TASK_SETS:
+    raise ValueError(f'tasks must be one of {sorted(_PSP_TASK_SETS)}, got '
+                     f'{tasks!r}.')
   rngs = _rngs(rngs)
   encoder = resnet_lib.resnet(depth=50, width=width, output_stride=8,
                               global_pool=False, in_features=in_features,
                               dilation_style=dilation_style,
                               pretrained=pretrained, rngs=rngs)
   features = 8 * width if features is None else features
-  outputs = {'segmentation': num_classes, 'instance': 2, 'depth': 1}
-  return base.MultiTaskModel(encoder, {
-      t: heads_lib.PyramidPoolingHead(
-          encoder.num_features, out, bins=bins, pool_features=pool_features,
-          features=features, upsample=encoder.output_stride, rngs=rngs)
-      for t, out in outputs.items()})
+  outputs = dict(_PSP_TASK_SETS[tasks])
+  if num_classes is not None:
+    outputs['segmentation'] = num_classes
+
+  def head(task, out):
+    psp = heads_lib.PyramidPoolingHead(
+        encoder.num_features, out, bins=bins, pool_features=pool_features,
+        features=features, upsample=encoder.output_stride, rngs=rngs)
+    return layers.UnitNormalized(psp) if task == 'normals' else psp
+
+  return base.MultiTaskModel(encoder, {t: head(t, out)
+                                       for t, out in outputs.items()})
 
 
 def resnet34_aspp_nyuv2(*, rngs: nnx.Rngs | int = 0,
@@ -375,7 +393,7 @@ def _dense_losses(default_tasks):
                        f"{regression!r}: 'mse' for squared depth and "
                        'instance errors (Sener & Koltun), \'l1\' otherwise.')
     if isinstance(tasks, str):
-      tasks = mtan.TASK_SETS[tasks]
+      tasks = {**_PSP_TASK_SETS, **mtan.TASK_SETS}[tasks]
     table = dict(_DENSE_LOSSES, **(_MSE_LOSSES if regression == 'mse' else {}))
     return {t: table[t] for t in tasks}
   return build
