@@ -153,3 +153,28 @@ def test_pspnet_on_nyuv2():
       'depth', 'instance', 'segmentation']
   with pytest.raises(ValueError, match='tasks must be one of'):
     models.create(config.model, rngs=0, width=2, tasks='cityscapes2')
+
+
+def test_sener_koltun_celeb_a_protocol():
+  """003 App. C.2: 2048-wide heads from the 4×4-tile pooling, SGD, 100
+  epochs halving every 30, the test split reported."""
+  import jax
+  import jax.numpy as jnp
+  from mtl_optax import models
+  config = configs.get_config('celeb_a', protocol='sener_koltun')
+  assert (config.optimizer, config.num_epochs, config.lr_decay_factor,
+          config.extra_eval_splits) == ('sgd', 100, 0.5, ('test',))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)),
+                  jnp.float32)
+  model = models.create(config.model, rngs=0, width=4, **config.model_kwargs)
+  assert model.encoder.num_features == 2 * 2 * 32
+  z = model.encode(x)
+  fmap = model.encoder.backbone(x)                 # [2, 8, 8, 32]
+  assert fmap.shape == (2, 8, 8, 32)
+  direct = np.stack([np.asarray(fmap)[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4]
+                     .mean(axis=(1, 2)) for i in range(2) for j in range(2)],
+                    axis=1).reshape(2, -1)
+  np.testing.assert_allclose(np.asarray(z), direct, rtol=1e-5, atol=1e-6)
+  assert jax.tree.leaves(model.heads)[0].shape in {(2,), (128, 2)}
+  with pytest.raises(ValueError, match='pool must be one of'):
+    models.create('resnet18_celeba', rngs=0, width=4, pool='max')

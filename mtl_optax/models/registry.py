@@ -95,18 +95,61 @@ def lenet_multimnist(*, rngs: nnx.Rngs | int = 0,
       for t in MULTI_MNIST_TASKS})
 
 
+class WindowPooledEncoder(nnx.Module):
+  """An encoder's feature map average-pooled over ``window × window`` tiles
+  and flattened: Sener & Koltun's CelebA representation (4×4 tiles of the
+  8×8×512 map of a 64×64 image: 2×2×512 = 2048 features).
+
+  Attributes:
+    num_features: the flattened size, ``(H/window)·(W/window)·C`` for the
+      ``input_shape`` given.
+  """
+
+  def __init__(self, backbone: nnx.Module, *, window: int,
+               map_shape: tuple[int, int, int]):
+    h, w, c = map_shape
+    if h % window or w % window:
+      raise ValueError(f'the {h}×{w} feature map does not tile into '
+                       f'{window}×{window} windows; use input sides that '
+                       f'are multiples of {8 * window}.')
+    self.backbone = backbone
+    self.window = window
+    self.num_features = (h // window) * (w // window) * c
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    fmap = self.backbone(x)
+    b, h, w, c = fmap.shape
+    k = self.window
+    tiles = fmap.reshape(b, h // k, k, w // k, k, c).mean(axis=(2, 4))
+    return tiles.reshape(b, -1)
+
+
+CELEBA_POOLS = ('global', 'sener_koltun')
+
+
 def resnet18_celeba(*, rngs: nnx.Rngs | int = 0,
                     tasks: Sequence[str] = CELEBA_ATTRIBUTES,
                     num_classes: int = 2, width: int = 64,
-                    in_features: int = 3) -> base.MultiTaskModel:
+                    in_features: int = 3, pool: str = 'global',
+                    input_size: int = 64) -> base.MultiTaskModel:
   """ResNet-18 (3×3 stride-1 stem, no max-pool), pooled; an FC-2 per attribute.
 
-  Sener & Koltun's code pools 4×4 windows into a 2×2×512 = 2048 vector; we
-  use the global average (512), as Aligned-MTL's Table 7.
+  ``pool='global'``: the global average (512 features), as Aligned-MTL's
+  Table 7. ``pool='sener_koltun'``: Sener & Koltun's 2048-wide
+  representation (App. C.2, "40 separate 2048 × 2 ... layers"): the 8×8
+  map of a 64×64 image averaged over 4×4 tiles, 2×2×512
+  (``WindowPooledEncoder``; ``input_size`` gives the map's size).
   """
+  if pool not in CELEBA_POOLS:
+    raise ValueError(f'pool must be one of {CELEBA_POOLS}, got {pool!r}.')
   rngs = _rngs(rngs)
   encoder = resnet_lib.resnet(depth=18, stem='cifar', width=width,
-                              in_features=in_features, rngs=rngs)
+                              in_features=in_features,
+                              global_pool=pool == 'global', rngs=rngs)
+  if pool == 'sener_koltun':
+    side = input_size // 8          # three stride-2 stages after the stem
+    encoder = WindowPooledEncoder(
+        encoder, window=4, map_shape=(side, side, encoder.num_features))
   return base.MultiTaskModel(encoder, {
       t: nnx.Linear(encoder.num_features, num_classes, rngs=rngs)
       for t in tasks})
