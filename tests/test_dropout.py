@@ -18,7 +18,7 @@ import mtl_optax as mtl
 from mtl_optax import models, training
 from mtl_optax.models import lenet
 
-from tests.test_training import _config, _data_fn
+from tests.test_training import _config, _data_fn, assert_same_state
 
 DROPOUT = dict(dropout=0.5, head_hidden=50)
 
@@ -122,9 +122,7 @@ def test_training_with_dropout_resumes_bit_identically(tmp_path, level):
                  data_fn=_data_fn(), stop_after=5)
   resumed = training.train(config, workdir=tmp_path, progress=False,
                            data_fn=_data_fn())
-  same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
-                      straight.state, resumed.state)
-  assert all(jax.tree.leaves(same))
+  assert_same_state(straight.state, resumed.state)
   np.testing.assert_array_equal(straight.history['losses'][5:],
                                 resumed.history['losses'])
   assert np.isfinite(straight.history['losses']).all()

@@ -37,6 +37,13 @@ def _data_fn(arrays=None):
   return data_fn
 
 
+def assert_same_state(a, b):
+  """Two TrainStates are bit-identical."""
+  same = jax.tree.map(lambda x, y: np.array_equal(np.asarray(x), np.asarray(y)),
+                      a, b)
+  assert all(jax.tree.leaves(same))
+
+
 def _config(**overrides):
   base = training.Config(model='lenet_multimnist', dataset='multi_mnist',
                          method='aligned_mtl', batch_size=16,
@@ -77,9 +84,7 @@ def test_resume_is_bit_identical(tmp_path):
                            data_fn=_data_fn())
   assert int(resumed.state.step) == 10
   assert resumed.history['losses'].shape == (4, 2)
-  same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
-                      straight.state, resumed.state)
-  assert all(jax.tree.leaves(same))
+  assert_same_state(straight.state, resumed.state)
   np.testing.assert_array_equal(straight.history['losses'][6:],
                                 resumed.history['losses'])
   lines = [json.loads(l) for l in (tmp_path / 'log.jsonl').read_text()
@@ -95,9 +100,7 @@ def test_resume_representation_level_keeps_aggregator_state(tmp_path):
                  data_fn=_data_fn(), stop_after=3)
   resumed = training.train(config, workdir=tmp_path, progress=False,
                            data_fn=_data_fn())
-  same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
-                      straight.state, resumed.state)
-  assert all(jax.tree.leaves(same))
+  assert_same_state(straight.state, resumed.state)
 
 
 def test_resuming_another_configs_checkpoint_names_the_fix(tmp_path):

@@ -24,12 +24,14 @@ def get_config(arch: str = 'mtan', tasks: str = 'all',
                **overrides) -> training.Config:
   if tasks not in TASKS:
     raise ValueError(f'tasks must be one of {sorted(TASKS)}, got {tasks!r}.')
-  if arch == 'mtan':
+  if arch in ('mtan', 'pspnet'):    # Senushkin et al.'s set-up for both
     if tasks != 'all':
-      raise ValueError("arch='mtan' trains the three tasks; tasks="
+      raise ValueError(f"arch={arch!r} trains the three tasks; tasks="
                        f"{tasks!r} is MAMG's set-up: use arch='aspp'.")
     config = training.Config(
-        model='mtan_segnet', model_kwargs={'tasks': 'nyuv2'},
+        model={'mtan': 'mtan_segnet',
+               'pspnet': 'resnet50_pspnet_cityscapes'}[arch],
+        model_kwargs={'tasks': 'nyuv2'},
         dataset='nyuv2', dataset_options={'augment': True},
         method='aligned_mtl', train_split='train',
         eval_split='validation', batch_size=2, optimizer='adam',
@@ -40,16 +42,6 @@ def get_config(arch: str = 'mtan', tasks: str = 'all',
         dataset='nyuv2', method='mamg', train_split='train',
         eval_split='validation', batch_size=16, optimizer='adam',
         learning_rate=1e-2, weight_decay=1e-4, num_epochs=200)
-  elif arch == 'pspnet':
-    if tasks != 'all':
-      raise ValueError("arch='pspnet' trains the three tasks; tasks="
-                       f"{tasks!r} is MAMG's set-up: use arch='aspp'.")
-    config = training.Config(
-        model='resnet50_pspnet_cityscapes', model_kwargs={'tasks': 'nyuv2'},
-        dataset='nyuv2', dataset_options={'augment': True},
-        method='aligned_mtl', train_split='train',
-        eval_split='validation', batch_size=2, optimizer='adam',
-        learning_rate=1e-4, num_epochs=200)
   else:
     raise ValueError(f"arch must be 'mtan', 'aspp' or 'pspnet', got "
                      f'{arch!r}.')
