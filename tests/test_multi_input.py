@@ -21,6 +21,7 @@ from mtl_optax import data
 from mtl_optax import models
 from mtl_optax import training
 from mtl_optax.data import loader as loader_lib
+from tests.test_training import assert_same_state
 
 TASKS = ('amazon', 'dslr', 'webcam')       # office31's domains
 SIZES = {'amazon': 24, 'dslr': 10, 'webcam': 16}
@@ -275,9 +276,7 @@ def test_resume_is_bit_identical(tmp_path):
   resumed = training.train(config, workdir=tmp_path, progress=False,
                            data_fn=_data_fn())
   assert int(resumed.state.step) == 9
-  same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
-                      straight.state, resumed.state)
-  assert all(jax.tree.leaves(same))
+  assert_same_state(straight.state, resumed.state)
   np.testing.assert_array_equal(straight.history['losses'][5:],
                                 resumed.history['losses'])
   assert resumed.evaluations == straight.evaluations

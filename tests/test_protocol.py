@@ -7,28 +7,14 @@ import pytest
 from mtl_optax import metrics
 from mtl_optax import protocol
 from mtl_optax import training
-from mtl_optax.data import loader as loader_lib
+from tests.test_training import _arrays as training_arrays
+from tests.test_training import _data_fn as training_data_fn
 
 NUM = 32
 
 
 def _data_fn():
-  rng = np.random.default_rng(0)
-  left = rng.integers(0, 10, NUM).astype(np.int32)
-  right = rng.integers(0, 10, NUM).astype(np.int32)
-  image = rng.normal(size=(NUM, 28, 28, 1)).astype(np.float32) * 0.1
-  image[:, 3, 3, 0] += left / 10
-  arrays = {'image': image, 'left': left, 'right': right}
-
-  def data_fn(split, *, batch_size, seed, shuffle, num_epochs,
-              drop_remainder, state=None):
-    del split
-    return loader_lib.Loader(
-        loader_lib.ArraySource(arrays), batch_size=batch_size, seed=seed,
-        shuffle=shuffle, num_epochs=num_epochs, drop_remainder=drop_remainder,
-        prefetch=2, process_index=0, process_count=1, state=state)
-
-  return data_fn
+  return training_data_fn(training_arrays(num=NUM))
 
 
 def _config(**overrides):
