@@ -149,3 +149,88 @@ def test_lenet_matches_the_same_network_built_from_xla_ops():
     return nnx.relu(model.fc(x.reshape(x.shape[0], -1)))
 
   np.testing.assert_allclose(model(x), reference(x), rtol=1e-4, atol=1e-5)
+
+
+# -- BatchNorm -------------------------------------------------------------------
+
+BN_CONFIGS = [
+    {},
+    {'use_fast_variance': False},
+    {'use_scale': False, 'use_bias': False},
+    {'momentum': 0.7, 'epsilon': 1e-3},
+    {'dtype': jnp.bfloat16},
+    {'param_dtype': jnp.bfloat16},
+    {'dtype': jnp.float32, 'param_dtype': jnp.bfloat16},
+    {'axis': 1},
+]
+
+
+# nnx.BatchNorm's in-place update of float32 statistics from float64 ones
+# warns that JAX will refuse it one day; ours casts explicitly.
+@pytest.mark.filterwarnings(
+    'ignore:scatter inputs have incompatible types:FutureWarning')
+@pytest.mark.parametrize('input_dtype', ['float32', 'bfloat16', 'float64'])
+@pytest.mark.parametrize('config', range(len(BN_CONFIGS)))
+def test_batch_norm_train_mode_is_nnx_batch_norm_bit_for_bit(config,
+                                                             input_dtype):
+  kwargs = BN_CONFIGS[config]
+  features = 5 if kwargs.get('axis') == 1 else 6
+  x = np.random.default_rng(config).normal(1.0, 3.0, (4, 5, 3, 6))
+  with jax.enable_x64(input_dtype == 'float64'):
+    x = jnp.asarray(x, input_dtype)
+    ours, theirs = (cls(features, use_running_average=False, rngs=nnx.Rngs(0),
+                        **kwargs)
+                    for cls in (layers.BatchNorm, nnx.BatchNorm))
+    step = nnx.jit(lambda m, x: m(x))
+    for run in (lambda m: m(x), lambda m: step(m, x)):   # eager, then jitted
+      got, want = run(ours), run(theirs)
+      assert got.dtype == want.dtype
+      np.testing.assert_array_equal(np.asarray(got, np.float64),
+                                    np.asarray(want, np.float64))
+      for name in ('mean', 'var'):
+        a, b = getattr(ours, name)[...], getattr(theirs, name)[...]
+        assert a.dtype == b.dtype, name
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    # Eval mode is nnx.BatchNorm's own code.
+    np.testing.assert_array_equal(ours(x, use_running_average=True),
+                                  theirs(x, use_running_average=True))
+
+
+def test_batch_norm_unbiased_running_variance_is_pytorchs():
+  x = np.random.default_rng(0).normal(size=(2, 3, 1, 4)).astype(np.float32)
+  bn = layers.BatchNorm(4, use_running_average=False, momentum=0.75,
+                        unbiased_running_var=True, rngs=nnx.Rngs(0))
+  y = bn(jnp.asarray(x))
+  flat = x.reshape(-1, 4)
+  np.testing.assert_allclose(bn.var[...],
+                             0.75 + 0.25 * flat.var(0, ddof=1), rtol=1e-6)
+  np.testing.assert_allclose(bn.mean[...], 0.25 * flat.mean(0), atol=1e-7)
+  # Normalised with the biased batch variance, as in PyTorch's train mode.
+  np.testing.assert_allclose(
+      y.reshape(-1, 4), (flat - flat.mean(0)) / np.sqrt(flat.var(0) + 1e-5),
+      rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_trace_never_asks_a_tracer_for_its_sharding(monkeypatch):
+  # Flax's `variable[...] = traced` reads `traced.sharding`, which JAX
+  # answers by searching the whole program traced so far: quadratic trace
+  # time in the number of BatchNorms. Ours must not go there.
+  from jax._src import core
+  asked = []
+  original = core.Tracer.sharding
+
+  def counting(self):
+    asked.append(type(self).__name__)
+    return original.fget(self)
+
+  monkeypatch.setattr(core.Tracer, 'sharding', property(counting))
+  stack = nnx.Sequential(*[
+      layers.BatchNorm(3, use_running_average=False, rngs=nnx.Rngs(0))
+      for _ in range(4)])
+  nnx.jit(lambda m, x: m(x))(stack, jnp.ones((2, 3)))
+  assert not asked, asked
+  # The check would see Flax's own BatchNorm do it.
+  nnx.jit(lambda m, x: m(x))(
+      nnx.BatchNorm(3, use_running_average=False, rngs=nnx.Rngs(0)),
+      jnp.ones((2, 3)))
+  assert asked
