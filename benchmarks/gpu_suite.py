@@ -91,6 +91,7 @@ does). Any explicit flag overrides the smoke size.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -100,6 +101,7 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from typing import Any, Callable
 
 if __package__ in (None, ''):     # run as a script: `benchmarks` importable
@@ -212,6 +214,16 @@ def interleaved_runs(calls: dict[str, Callable[[], Any]], rounds: int, *,
         errors[name] = _error(e)
         del live[name], runs[name]
   return runs, errors
+
+
+@contextlib.contextmanager
+def _quiet_cvxpy():
+  """Silences cvxpy's note that TorchJD's NashMTL problem is not DPP (the
+  solver runs as TorchJD wrote it; the note is about re-solve speed)."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', message='You are solving a parameterized '
+                            'problem that is not DPP', category=UserWarning)
+    yield
 
 
 def _summary(runs: list[float]) -> dict[str, Any]:
@@ -438,7 +450,7 @@ def aggregators_part(args, log: Callable[..., None]) -> dict[str, Any]:
       try:
         agg = cls(**kwargs(t))
         first = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_cvxpy():
           directions[f'torch|{name}'] = agg(matrix_t).cpu().numpy()
         sync()
         first = time.perf_counter() - first
@@ -454,7 +466,7 @@ def aggregators_part(args, log: Callable[..., None]) -> dict[str, Any]:
         continue
 
       def call(agg=agg):
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_cvxpy():
           out = agg(matrix_t)
         sync()
         return out
