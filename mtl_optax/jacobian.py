@@ -533,9 +533,10 @@ def _jacobian_free_gram_columns(problem: _Problem, losses: jax.Array,
 
 # On CPU, up to this many chunks are unrolled (fast to run, see
 # ``_unrolled_chunks``); more are looped everywhere: the unrolled program's
-# compile time grows faster than linearly with the number of chunks (a
-# ResNet-18: 96 s for 2 chunks, 27 min for 10).
-MAX_UNROLLED_CHUNKS = 4
+# compile time grows faster than linearly with the number of chunks
+# (ResNet-18-CelebA, batch 8: 20 s for 2 chunks, 56 s for 10, over 12
+# minutes for 40; the 10 unrolled chunks' step takes 14 s, looped 259 s).
+MAX_UNROLLED_CHUNKS = 10
 
 
 def _unrolled_chunks(problem: _Problem, eye, losses, chunk_size: int,
