@@ -153,3 +153,40 @@ def test_ablations_change_one_detail_each(tmp_path, data_dir):
   with pytest.raises(SystemExit, match='unknown ablation'):
     bench.main(['ablate', *_args(tmp_path, data_dir, '--methods', 'mgda:z',
                                  '--ablations', 'dropout')])
+
+
+def _record(method, seed, test, dominance_max=2.0, loss=1e-3, variant=None):
+  record = {
+      'method': method, 'seed': seed, 'level': 'parameter',
+      'learning_rate': 0.05, 'seconds_per_step': 0.01, 'wall_seconds': 1.0,
+      'best': {'test': list(test)}, 'last': {'test': list(test)},
+      'dominance': {'mean': 1.5, 'std': 0.5, 'max': dominance_max,
+                    'min': 1.0},
+      'final_losses': [loss, 10 * loss]}
+  return record if variant is None else dict(record, variant=variant)
+
+
+def test_readings_split_the_shared_offset_from_each_rows_residual():
+  # Two Table 2 rows: MGDA 1.0 / 0.5 below [A], PCGrad 2.0 / 0.5 below
+  # (two seeds, spread ±0.1): the shared offset is -1.5 / -0.5, the
+  # residuals +0.5 / 0 and -0.5 / 0, outside 0.3 (and 2 std) on the left.
+  mgda, pcgrad = bench.PAPER['mgda'][4:], bench.PAPER['pcgrad'][4:]
+  runs = [_record('mgda', 0, (mgda[0] - 1.0, mgda[1] - 0.5)),
+          _record('pcgrad', 0, (pcgrad[0] - 2.1, pcgrad[1] - 0.5)),
+          _record('pcgrad', 1, (pcgrad[0] - 1.9, pcgrad[1] - 0.5))]
+  ablation = [_record('mgda', 0, (mgda[0] - 0.25, mgda[1]), loss=0.2,
+                      variant='sener_dropout')]
+  text = '\n'.join(bench.readings(bench.aggregate(runs), ablation, runs))
+  assert 'mean -1.50 / -0.50 over 2 rows' in text
+  assert '| mgda (MGDA) | 1 | -1.00 / -0.50 | +0.50 / +0.00 |' in text
+  assert ('| pcgrad (PCGrad) | 2 | -2.00 / -0.50 | -0.50 / +0.00 | 0.10 / '
+          '0.00 | no (left) |') in text
+  # The dropout run: Δ against [A] and the rise against the same seed.
+  assert '| mgda (MGDA) | 1 | ' in text.split('regularised LeNet')[1]
+  assert '-0.25 / +0.00' in text
+  assert 'by +0.50 to +0.75 points' in text
+  # MGDA-UB's two published numbers disagree: stated.
+  assert 'MGDA-UB under the same protocol' in text
+  # No Table 2 row: no readings.
+  assert bench.readings(bench.aggregate(
+      [_record('linear_scalarization', 0, (90.0, 90.0))]), [], []) == []
