@@ -445,6 +445,7 @@ def ablate(methods, variants, *, args) -> list[dict]:
         _write_json(out, {'runs': results})
         out.with_suffix('.md').write_text(ablation_markdown(
             results, pathlib.Path(args.out).with_suffix('.json')))
+        render(pathlib.Path(args.out))    # the main table's readings
   return results
 
 
@@ -746,6 +747,9 @@ def render(out: pathlib.Path) -> None:
   ablation = (json.loads(ablation_json.read_text())['runs']
               if ablation_json.exists() else [])
   out.with_suffix('.md').write_text(markdown(data, ablation))
+  if ablation:
+    ablation_json.with_suffix('.md').write_text(
+        ablation_markdown(ablation, out.with_suffix('.json')))
   figure(data, out.with_suffix('.png'))
 
 
