@@ -6,6 +6,8 @@ tfds.testing.mock_data. References are computed here independently of the
 library's helpers.
 """
 
+import tempfile
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -14,11 +16,13 @@ from PIL import Image
 import fake_mnist
 
 from mtl_optax import data
+from mtl_optax.data import builder_base
 from mtl_optax.data import celeb_a
 from mtl_optax.data import cifar100_mt
 from mtl_optax.data import cityscapes
 from mtl_optax.data import multi_mnist
 from mtl_optax.data import nyuv2
+from mtl_optax.data import prepare as prepare_module
 from mtl_optax.data import seven_scenes
 
 USE_CODE = tfds.testing.MockPolicy.USE_CODE
@@ -229,7 +233,10 @@ def test_cifar100_hierarchy_table():
     assert cifar100_mt.TASKS[cifar100_mt.FINE_TO_COARSE[fine]] == coarse
 
 
-def test_cifar100_mt_batches_from_mock_data():
+def test_cifar100_mt_batches_from_mock_data(tmp_path, monkeypatch):
+  # tfds' own builder, unprepared under mock_data, leaves an empty
+  # temporary directory (see the test below): keep it in tmp_path.
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
   with tfds.testing.mock_data(num_examples=12, policy=USE_CODE):
     raw = cifar100_mt.data_source('train', source='tfds')
     fine = np.array([int(raw[i]['label']) for i in range(12)])
@@ -302,7 +309,10 @@ def test_cifar100_mt_builder_from_the_binary_tarball(tmp_path):
 # ---------------------------------------------------------------- CelebA
 
 
-def test_celeb_a_batches_from_mock_data():
+def test_celeb_a_batches_from_mock_data(tmp_path, monkeypatch):
+  # tfds' own builder, unprepared under mock_data, leaves an empty
+  # temporary directory (see the test below): keep it in tmp_path.
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
   with tfds.testing.mock_data(num_examples=5, policy=USE_CODE):
     raw = celeb_a.data_source('validation')
     records = [raw[i] for i in range(5)]
@@ -564,3 +574,20 @@ def test_registry():
       'nyuv2', 'seven_scenes', 'office31', 'office_home'])
   with pytest.raises(KeyError, match='Unknown dataset'):
     data.load('mnist3', 'train', batch_size=2)
+
+
+@pytest.mark.parametrize('name', sorted(prepare_module.BUILDERS))
+def test_builders_leave_no_temporary_directory(name, tmp_path, monkeypatch):
+  # tfds' DatasetInfo.initialize_from_bucket, which a builder made for an
+  # unprepared directory calls, makes a temporary directory it never
+  # removes; ours skip that look-up (no metadata of ours is on GCS).
+  temp = tmp_path / 'temp'
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(temp))
+  builder = prepare_module.BUILDERS[name](data_dir=tmp_path / 'data')
+  assert isinstance(builder.info, builder_base.DatasetInfo)
+  assert not builder.is_prepared()
+  assert list(temp.iterdir()) == []
+  # The trap is real: tfds' own look-up leaves a directory behind.
+  tfds.core.DatasetInfo.initialize_from_bucket(builder.info)
+  assert [p.name.endswith('tfds') for p in temp.iterdir()] == [True]

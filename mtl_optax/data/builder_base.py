@@ -18,6 +18,21 @@ def sha256(path: str | os.PathLike) -> str:
   return digest.hexdigest()
 
 
+class DatasetInfo(tfds.core.DatasetInfo):
+  """``tfds.core.DatasetInfo`` of a dataset tfds does not host.
+
+  A builder made for a directory that holds no prepared copy asks
+  ``initialize_from_bucket`` for tfds' pre-computed metadata on GCS. None
+  exists for this package's datasets, and tfds 4.9 makes a temporary
+  directory before it looks and never removes it: one empty
+  ``/tmp/tmp*tfds`` per builder made (every prepare command, every
+  "not prepared" check). This info skips the look-up.
+  """
+
+  def initialize_from_bucket(self) -> None:
+    """Nothing: this package's datasets have no metadata on GCS."""
+
+
 class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder,
                          skip_registration=True):
   """A ``GeneratorBasedBuilder`` that writes ArrayRecord files by default.

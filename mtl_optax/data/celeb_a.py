@@ -152,7 +152,7 @@ class CelebAJpegs(builder_base.ArrayRecordBuilder,
   def _info(self) -> tfds.core.DatasetInfo:
     s = int(self.builder_config.image_size)
     t = tfds.features.Tensor
-    return tfds.core.DatasetInfo(
+    return builder_base.DatasetInfo(
         builder=self, description=__doc__,
         features=tfds.features.FeaturesDict({
             'image': t(shape=(s, s, 3), dtype=np.uint8),

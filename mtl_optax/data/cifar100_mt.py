@@ -134,7 +134,7 @@ class Cifar100Mt(builder_base.ArrayRecordBuilder,
 
   def _info(self) -> tfds.core.DatasetInfo:
     t = tfds.features.Tensor
-    return tfds.core.DatasetInfo(
+    return builder_base.DatasetInfo(
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({

@@ -202,7 +202,7 @@ class CityscapesMtl(builder_base.ArrayRecordBuilder,
   def _info(self) -> tfds.core.DatasetInfo:
     h, w = self.builder_config.size
     t = tfds.features.Tensor
-    return tfds.core.DatasetInfo(
+    return builder_base.DatasetInfo(
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({

@@ -334,7 +334,7 @@ class MultiMnist(builder_base.ArrayRecordBuilder,
            for name, (size, digest) in MNIST_SHA256.items()}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return builder_base.DatasetInfo(
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({

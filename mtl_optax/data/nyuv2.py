@@ -91,7 +91,7 @@ class Nyuv2Mtan(builder_base.ArrayRecordBuilder,
   def _info(self) -> tfds.core.DatasetInfo:
     h, w = IMAGE_SIZE
     t = tfds.features.Tensor
-    return tfds.core.DatasetInfo(
+    return builder_base.DatasetInfo(
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({

@@ -323,7 +323,7 @@ class _OfficeBuilder(builder_base.ArrayRecordBuilder, skip_registration=True):
     check_fractions(config.fractions)
     s = int(config.image_size)
     t = tfds.features.Tensor
-    return tfds.core.DatasetInfo(
+    return builder_base.DatasetInfo(
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({

@@ -208,7 +208,7 @@ class SevenScenes(builder_base.ArrayRecordBuilder,
   def _info(self) -> tfds.core.DatasetInfo:
     h, w = self.builder_config.stored_size()
     t = tfds.features.Tensor
-    return tfds.core.DatasetInfo(
+    return builder_base.DatasetInfo(
         builder=self,
         description=__doc__,
         features=tfds.features.FeaturesDict({
