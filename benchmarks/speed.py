@@ -269,11 +269,11 @@ def time_calls(fn: Callable[[], Any], repeats: int) -> list[float]:
   return times
 
 
-def compile_fn(fn: Callable, *args):
-  """``jax.jit(fn).lower(*args).compile()``, timed: (compiled, lower_s,
-  compile_s)."""
+def compile_fn(fn: Callable, *args, **jit_kwargs):
+  """``jax.jit(fn, **jit_kwargs).lower(*args).compile()``, timed:
+  (compiled, lower_s, compile_s)."""
   t0 = time.perf_counter()
-  lowered = jax.jit(fn).lower(*args)
+  lowered = jax.jit(fn, **jit_kwargs).lower(*args)
   t1 = time.perf_counter()
   compiled = lowered.compile()
   t2 = time.perf_counter()
@@ -379,11 +379,23 @@ def run_config(layout: str, t: int, p: int, repeats: int, seed: int,
         extra['second_grads'] = g
       return tx.update(g, s, p, **extra)
 
-    update_c, lo, co = compile_fn(update, grads, state, params, losses)
-    record(label, lo, co,
-           lambda update_c=update_c, state=state, params=params, losses=losses:
-           update_c(grads, state, params, losses), base)
-    del update_c, tx, state, params
+    # The state is donated and carried from call to call, as the training
+    # step does (training.train's step donates its state): a method that
+    # tracks a [T, P] copy of the gradients updates it in place instead of
+    # allocating (and page-faulting in) a new one on every call. Its leaves
+    # are copied first: an optimizer's initial state may share one buffer
+    # between leaves, which cannot be donated twice.
+    update_c, lo, co = compile_fn(update, grads, state, params, losses,
+                                  donate_argnums=1)
+    carried = [jax.tree.map(jnp.copy, state)]
+
+    def call(update_c=update_c, carried=carried, params=params,
+             losses=losses):
+      updates, carried[0] = update_c(grads, carried[0], params, losses)
+      return updates
+
+    record(label, lo, co, call, base)
+    del update_c, tx, state, params, carried, call
     gc.collect()
 
   agg = [row['functions'][label] for label in AGG_LABELS

@@ -391,6 +391,35 @@ def test_bf16_inputs(name):
 # non-finite gradients
 
 
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16', 'float32',
+                                   'float64', 'int32'])
+def test_all_finite_is_all_isfinite(dtype):
+  # The float-sum form of all(isfinite) that the methods check their
+  # gradients with: the same answer on every placement of NaN and ±inf, on
+  # entries whose sum would overflow, on zero-size arrays and on integers.
+  from mtl_optax.methods._core import all_finite
+  rng = np.random.default_rng(0)
+  big = float(jnp.finfo(dtype).max) if dtype != 'int32' else 2**31 - 1
+  with jax.enable_x64(dtype == 'float64'):
+    check = jax.jit(all_finite)
+    base = rng.standard_normal((7, 300))
+    cases = [base, np.full((7, 300), big), -np.full((7, 300), big),
+             np.zeros((7, 0)), base * 1e-30]
+    if dtype != 'int32':
+      for bad in (np.nan, np.inf, -np.inf):
+        for where in [(0, 0), (6, 299), tuple(rng.integers((7, 300)))]:
+          x = np.array(base)
+          x[where] = bad
+          cases.append(x)
+        cases.append(np.where(rng.random((7, 300)) < 0.5, big, bad))
+    for x in cases:
+      x = jnp.asarray(x, dtype) if dtype != 'int32' else jnp.asarray(
+          np.clip(x, -big, big).astype(np.int64), dtype)
+      expected = bool(np.all(np.isfinite(np.asarray(x, np.float64))))
+      assert bool(check(x)) is expected, (dtype, x)
+      assert bool(all_finite(x)) is expected
+
+
 @pytest.mark.parametrize('name', ALL)
 def test_nonfinite_step_skipped(name):
   agg = _common(name)

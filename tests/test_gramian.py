@@ -388,3 +388,103 @@ def test_ml_dtypes_reference_sanity():
   v = jnp.asarray([1.0 + 2**-10], jnp.bfloat16)
   assert np.asarray(v, np.float32)[0] == np.float32(
       np.array([1.0 + 2**-10], dtype=ml_dtypes.bfloat16).astype(np.float32)[0])
+
+
+# ---------------------------------------------------------------------------
+# gramian_of, row_norms_of, row_sums_of: reductions of a map of the inputs,
+# on CPU without storing the map (chunk by chunk above 2 chunks of columns).
+
+
+def _mapped_trees(seed, magnitude=1.0, dtype=np.float32, cols=300_001):
+  # T = 2: one leaf on the chunked path (remainder included), one small
+  # N-d leaf, one zero-size leaf, one task-specific leaf.
+  r = _rng(seed)
+  shapes = {'big': (2, cols), 'small': (2, 3, 3), 'empty': (2, 0),
+            'head': (2, 5)}
+  make = lambda: {k: jnp.asarray((r.standard_normal(s) * magnitude)
+                                 .astype(dtype)) for k, s in shapes.items()}
+  mask = {'big': True, 'small': True, 'empty': True, 'head': False}
+  return make(), make(), mask
+
+
+def _track(y, g):      # MoCo's tracking, in the inputs' dtype
+  return y - 0.375 * (y - g)
+
+
+def _mapped_matrix(y, g, mask):
+  fn = lambda a, b: np.asarray(a, np.float64) - 0.375 * (
+      np.asarray(a, np.float64) - np.asarray(b, np.float64))
+  return np.concatenate([fn(y[k], g[k]).reshape(2, -1)
+                         for k in sorted(mask) if mask[k]], axis=1)
+
+
+@pytest.mark.parametrize('magnitude', [1.0, 1e-30, 1e30])
+def test_mapped_reductions_match_the_mapped_tree(magnitude):
+  y, g, mask = _mapped_trees(0, magnitude)
+  m = _mapped_matrix(y, g, mask)
+  norms = np.sqrt(np.sum(np.square(m / magnitude), 1)) * magnitude
+  got_norms = jax.jit(lambda y, g: gram_lib.row_norms_of(
+      _track, (y, g), mask))(y, g)
+  np.testing.assert_allclose(np.asarray(got_norms, np.float64), norms,
+                             rtol=1e-5)
+  got_sums = jax.jit(lambda y, g: gram_lib.row_sums_of(
+      _track, (y, g), mask))(y, g)
+  np.testing.assert_allclose(np.asarray(got_sums, np.float64), m.sum(1),
+                             rtol=1e-3, atol=1e-4 * magnitude * m.shape[1]
+                             ** 0.5)
+  if magnitude == 1.0:   # (the Gramian itself is not scaled)
+    k = jax.jit(lambda y, g: gram_lib.gramian_of(_track, (y, g), mask))(y, g)
+    _assert_gram_close(k, m @ m.T, rtol=1e-4)
+    # Unjitted, and equal to the Gramian of the stored map.
+    np.testing.assert_allclose(
+        gram_lib.gramian_of(_track, (y, g), mask),
+        mtl.gramian(jax.tree.map(_track, y, g), mask), rtol=1e-5)
+
+
+def test_mapped_reductions_small_leaves_and_float64():
+  with jax.enable_x64(True):
+    y, g, mask = _mapped_trees(1, dtype=np.float64, cols=40)
+    m = _mapped_matrix(y, g, mask)
+    k = gram_lib.gramian_of(_track, (y, g), mask)
+    assert k.dtype == jnp.float64
+    np.testing.assert_allclose(k, m @ m.T, rtol=1e-12)
+    np.testing.assert_allclose(gram_lib.row_norms_of(_track, (y, g), mask),
+                               np.linalg.norm(m, axis=1), rtol=1e-12)
+    np.testing.assert_allclose(gram_lib.row_sums_of(_track, (y, g), mask),
+                               m.sum(1), rtol=1e-12)
+
+
+def test_mapped_reductions_low_precision_accumulate_in_f32():
+  y, g, mask = _mapped_trees(2, dtype=ml_dtypes.bfloat16, cols=200_000)
+  assert gram_lib.gramian_of(_track, (y, g), mask).dtype == jnp.float32
+  assert gram_lib.row_norms_of(_track, (y, g), mask).dtype == jnp.float32
+  assert gram_lib.row_sums_of(_track, (y, g), mask).dtype == jnp.float32
+  # Each bf16 block mapped as the tree would be, then accumulated in f32.
+  mapped = jax.tree.map(_track, y, g)
+  np.testing.assert_allclose(
+      gram_lib.row_norms_of(_track, (y, g), mask),
+      jnp.sqrt(jnp.diag(mtl.gramian(mapped, mask))), rtol=1e-4)
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize('where', [0, 100_000, 300_000])
+def test_mapped_reductions_propagate_nonfinite(bad, where):
+  # A NaN/Inf entry anywhere (first chunk, middle, remainder) makes its
+  # task's norm non-finite (XLA:CPU's max may drop a NaN: the sum keeps
+  # it); the other task's is untouched.
+  y, g, mask = _mapped_trees(3)
+  g = dict(g, big=g['big'].at[1, where].set(bad))
+  norms = gram_lib.row_norms_of(_track, (y, g), mask)
+  assert np.isfinite(norms[0]) and not np.isfinite(norms[1])
+  assert not np.isfinite(gram_lib.gramian_of(_track, (y, g), mask)[1, 1])
+
+
+def test_mapped_reductions_no_shared_leaf_and_bad_map():
+  y, g, _ = _mapped_trees(4, cols=10)
+  none = {k: False for k in y}
+  np.testing.assert_array_equal(gram_lib.gramian_of(_track, (y, g), none),
+                                np.zeros((2, 2)))
+  np.testing.assert_array_equal(gram_lib.row_norms_of(_track, (y, g), none),
+                                np.zeros(2))
+  with pytest.raises(ValueError, match='elementwise'):
+    gram_lib.gramian_of(lambda a, b: a[:, :1] * b[:, :1], (y, g))

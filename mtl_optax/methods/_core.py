@@ -104,13 +104,23 @@ class Proposal(NamedTuple):
       overflows is skipped too).
     combine: computes the update; called only when the step is not skipped,
       so a skipped step costs no weighted sum and compiles no per-leaf
-      selects.
+      selects. With ``select_inner``, it takes the new state as argument.
+    select_inner: None, or ``ok -> state``: the method's new state where
+      ``ok``, its old one elsewhere, computed in one elementwise pass from
+      the old state and the inputs (``inner`` is then unused). For states
+      as large as the gradients (tracked ``[T, ...]`` copies): the generic
+      ``where(ok, new, old)`` keeps the old state alive beside a freshly
+      written new one and then selects between them, which on CPU cost
+      more than the Gramian (a new ``[T, P]`` buffer each step); computed
+      from the inputs, the donated old state's buffer is updated in place.
+      Needs ``inputs_ok``.
   """
   coefficients: jax.Array
   gram_hat: jax.Array | None
   inner: Any
   inputs_ok: jax.Array | None
-  combine: Callable[[], PyTree]
+  combine: Callable[..., PyTree]
+  select_inner: Callable[[jax.Array], Any] | None = None
 
 
 # direction_fn(grads, inner, extra) -> Proposal
@@ -138,8 +148,26 @@ def leaves_finite(grads: PyTree, mask: PyTree | None = None,
   flags = jax.tree.leaves(mask) if mask is not None else None
   for i, leaf in enumerate(jax.tree.leaves(grads)):
     if flags is None or flags[i] == shared:
-      ok &= jnp.all(jnp.isfinite(leaf))
+      ok &= all_finite(leaf)
   return ok
+
+
+def all_finite(x: jax.Array) -> jax.Array:
+  """``jnp.all(jnp.isfinite(x))``, as a floating-point sum.
+
+  ``x · 0`` is ±0 where ``x`` is finite and NaN where it is ±inf or NaN, so
+  the sum is exactly 0 (it cannot overflow) unless an entry is not finite.
+  Same answer, but XLA:CPU reduces floats with vector instructions and
+  booleans without: at ``[40, 10⁷]`` float32 on 2 cores, 0.08 s against
+  0.39 s for ``all(isfinite)`` (a ``c @ J`` takes 0.05 s), which for the
+  methods that check every task gradient was a third of their update.
+  (XLA folds ``x · 0`` to 0 only for integers or under fast-math flags that
+  assume no NaN/inf, which JAX does not set.)
+  """
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.inexact):
+    return jnp.ones((), bool)
+  return jnp.isfinite(jnp.sum(x * jnp.zeros((), x.dtype)))
 
 
 def _check_extra_args(extra: dict[str, Any]) -> None:
@@ -242,7 +270,15 @@ def _build(
     ok = jnp.all(jnp.isfinite(proposal.coefficients))
     if gram_hat is not None:
       ok &= jnp.all(jnp.isfinite(gram_hat))
-    if proposal.inputs_ok is None:
+    if proposal.select_inner is not None:
+      if proposal.inputs_ok is None:
+        raise ValueError('Proposal.select_inner needs inputs_ok.')
+      ok &= proposal.inputs_ok
+      inner = proposal.select_inner(ok)
+      direction = jax.lax.cond(
+          ok, lambda: proposal.combine(inner),
+          lambda: jax.tree.map(lambda g: jnp.zeros_like(g[0]), grads))
+    elif proposal.inputs_ok is None:
       # One pass over the inputs: combine, then check the (T× smaller) sum.
       combined = proposal.combine()
       ok &= leaves_finite(combined)
@@ -268,8 +304,9 @@ def _build(
     if weights is not None:
       weights = jnp.where(ok, proposal.coefficients.astype(weights.dtype),
                           weights)
-    inner = jax.tree.map(lambda n, o: jnp.where(ok, _keep_dtype(n, o), o),
-                         proposal.inner, state.inner)
+    if proposal.select_inner is None:
+      inner = jax.tree.map(lambda n, o: jnp.where(ok, _keep_dtype(n, o), o),
+                           proposal.inner, state.inner)
     new_state = AggregatorState(
         weights=weights,
         diagnostics=new_diag,

@@ -151,32 +151,32 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, *,
       return (decay.astype(acc) * m.astype(acc)
               + (1 - decay.astype(acc)) * log_grad)
 
-    ema = jax.tree.map(average, inner.ema, grads)
-    shared_ema = [m for m, s in zip(jax.tree.leaves(ema),
-                                    jax.tree.leaves(mask)) if s]
-    # Norms scaled by the largest entry first (tiny or huge gradients
-    # neither underflow nor overflow when squared).
-    top = functools.reduce(jnp.maximum, (jnp.max(jnp.abs(m)).astype(
-        losses.dtype) for m in shared_ema), jnp.zeros((), losses.dtype))
-    top = jnp.where(top > 0, top, 1)
-    # (No reshape: a sharded leaf keeps its sharding.)
-    squares = sum((jnp.sum(jnp.square(m.astype(losses.dtype) / top),
-                           axis=tuple(range(1, m.ndim)))
-                   for m in shared_ema), jnp.zeros((t,), losses.dtype))
-    norms = top * jnp.sqrt(squares)
+    # ‖m_t‖ over the shared leaves, read from the old averages and the
+    # gradients (on CPU without writing the new averages, which
+    # select_inner writes once, in place, when the step is kept), with a
+    # running scale: tiny or huge gradients neither underflow nor overflow.
+    norms = gram_lib.row_norms_of(average, (inner.ema, grads),
+                                  mask).astype(losses.dtype)
     alpha = db_mtl_weights(norms)
 
-    def combine():
+    def select_inner(ok):
+      # The averages written once, in place of the old ones, when the step
+      # is kept (the norms above read them without storing them).
+      new_ema = jax.tree.map(
+          lambda m, g: jnp.where(ok, average(m, g).astype(m.dtype), m),
+          inner.ema, grads)
+      return DbMtlState(new_ema, jnp.where(ok, inner.count + 1, inner.count))
+
+    def combine(new_inner):
       # Shared leaves: Σ α_t m_t; task-specific ones: Σ_t g_t / (L_t + ε).
       mixed = jax.tree.map(lambda m, g, is_shared: m if is_shared else g,
-                           ema, grads, mask)
+                           new_inner.ema, grads, mask)
       out = gram_lib.weighted_sum(alpha, mixed, mask, task_weights=inv)
       return jax.tree.map(lambda d, g: d.astype(g.dtype), out, grads)
 
     inputs_ok = jnp.all(jnp.isfinite(losses)) & leaves_finite(grads)
-    new = DbMtlState(jax.tree.map(lambda m, o: m.astype(o.dtype), ema,
-                                  inner.ema), inner.count + 1)
-    return Proposal(alpha, gram_hat, new, inputs_ok, combine)
+    return Proposal(alpha, gram_hat, None, inputs_ok, combine,
+                    select_inner=select_inner)
 
   built = _build(direction_fn, num_tasks=t, preferences=None,
                  init_inner=lambda: DbMtlState((), jnp.zeros((), jnp.int32)),

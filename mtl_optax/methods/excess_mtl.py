@@ -158,34 +158,40 @@ def excess_mtl(*, robust_step_size: float = 1e-2,
     mask = gram_lib.resolve_shared_mask(shared, grads)
     dtype = inner.log_weights.dtype
 
-    def accumulate(s, g, is_shared):
-      if not is_shared:
-        return s
-      acc = s.dtype
-      return s + jnp.square(g.astype(acc))
+    def accumulate(s, g):
+      return s + jnp.square(g.astype(s.dtype))
 
-    sums = jax.tree.map(accumulate, inner.sum_squares, grads, mask)
-    excess = jnp.zeros((t,), dtype)
-    for g, s, m in zip(jax.tree.leaves(grads), jax.tree.leaves(sums),
-                       jax.tree.leaves(mask)):
-      if m:
-        sq = jnp.square(g.astype(s.dtype))
-        term = sq / jnp.sqrt(s + EPS)
-        # No reshape: a sharded leaf keeps its sharding.
-        excess = excess + jnp.sum(
-            term, axis=tuple(range(1, term.ndim))).astype(dtype)
+    def term(g, s):
+      sq = jnp.square(g.astype(s.dtype))
+      return sq / jnp.sqrt(s + sq + EPS)
+
+    # Σ g² / √(s + g² + ε) per task over the shared leaves, read from the
+    # old sums and the gradients (on CPU without writing the new sums, which
+    # select_inner writes once, in place, when the step is kept).
+    excess = gram_lib.row_sums_of(term, (grads, inner.sum_squares),
+                                  mask).astype(dtype)
     first = inner.count == 0
     initial = jnp.where(first, excess, inner.initial)
     stepped_w, stepped_log = excess_mtl_weights(
         inner.log_weights, excess, initial, robust_step_size)
     log_weights = jnp.where(first, inner.log_weights, stepped_log)
     weights = jnp.where(first, jnp.ones((t,), dtype), stepped_w)
+
+    def select_inner(ok):
+      sums = jax.tree.map(
+          lambda s, g, m: jnp.where(ok, accumulate(s, g), s) if m else s,
+          inner.sum_squares, grads, mask)
+      keep = lambda new, old: jnp.where(ok, new.astype(old.dtype), old)
+      return ExcessMTLState(sums, keep(initial, inner.initial),
+                            keep(log_weights, inner.log_weights),
+                            keep(inner.count + 1, inner.count))
+
     return Proposal(
-        coefficients=weights, gram_hat=None,
-        inner=ExcessMTLState(sums, initial, log_weights, inner.count + 1),
+        coefficients=weights, gram_hat=None, inner=None,
         inputs_ok=leaves_finite(grads),
-        combine=lambda: gram_lib.weighted_sum(weights, grads, mask,
-                                              task_weights=weights))
+        combine=lambda _: gram_lib.weighted_sum(weights, grads, mask,
+                                                task_weights=weights),
+        select_inner=select_inner)
 
   built = _build(direction_fn, num_tasks=t, preferences=None,
                  init_inner=tuple, track_diagnostics=False)

@@ -193,28 +193,40 @@ def moco(*, beta: float = 0.5, beta_decay: float = 0.5, gamma: float = 0.1,
     beta_k = beta / k ** beta_decay
     gamma_k = gamma / k ** gamma_decay
 
-    def track(y, g, is_shared):
-      if not is_shared:
-        return y
+    def track(y, g):
       acc = gram_lib.accumulation_dtype(g.dtype)
       new = y.astype(acc) - beta_k.astype(acc) * (y.astype(acc) - g.astype(acc))
       return new.astype(y.dtype)
 
-    tracked = jax.tree.map(track, inner.tracked, grads, mask)
-    gram = gram_lib.gramian(tracked, mask)
+    # The Gramian of Y_k = Y - β_k (Y - G), read from Y and G (on CPU
+    # without writing Y_k); Y_k itself is written once, in place of Y, when
+    # the step is kept (select_inner).
+    gram = gram_lib.gramian_of(track, (inner.tracked, grads), mask)
     lam = moco_weights(gram, inner.lam.astype(gram.dtype),
                        gamma_k.astype(gram.dtype), rho)
-    mixed = jax.tree.map(lambda y, g, m: y if m else g, tracked, grads, mask)
+
+    def select_inner(ok):
+      tracked = jax.tree.map(
+          lambda y, g, m: jnp.where(ok, track(y, g), y) if m else y,
+          inner.tracked, grads, mask)
+      return MoCoState(tracked,
+                       jnp.where(ok, lam.astype(inner.lam.dtype), inner.lam),
+                       jnp.where(ok, inner.count + 1, inner.count))
+
+    def combine(new_inner):
+      mixed = jax.tree.map(lambda y, g, m: y if m else g, new_inner.tracked,
+                           grads, mask)
+      # In the gradients' dtypes (the tracked copy has the parameters').
+      return jax.tree.map(
+          lambda d, g: d.astype(g.dtype),
+          gram_lib.weighted_sum(lam, mixed, mask,
+                                task_weights=jnp.ones((t,), lam.dtype)),
+          grads)
+
     return Proposal(
-        coefficients=lam, gram_hat=None,
-        inner=MoCoState(tracked, lam, inner.count + 1),
-        inputs_ok=leaves_finite(grads),
-        # In the gradients' dtypes (the tracked copy has the parameters').
-        combine=lambda: jax.tree.map(
-            lambda d, g: d.astype(g.dtype),
-            gram_lib.weighted_sum(lam, mixed, mask,
-                                  task_weights=jnp.ones((t,), lam.dtype)),
-            grads))
+        coefficients=lam, gram_hat=None, inner=None,
+        inputs_ok=leaves_finite(grads), combine=combine,
+        select_inner=select_inner)
 
   built = _build(direction_fn, num_tasks=t, preferences=None,
                  init_inner=tuple, track_diagnostics=False)
