@@ -409,6 +409,41 @@ def _leaf_gram(leaf: jax.Array, scale=None) -> jax.Array:
   )
 
 
+def leaf_cross_gramian(a: jax.Array, b: jax.Array, out_dtype) -> jax.Array:
+  """``[T, T]`` products ``<a_i, b_j>`` of two same-shaped unsharded leaves.
+
+  On CPU accumulated over column chunks like the Gramian: XLA:CPU's one
+  ``[T, P] × [P, T]`` product is several times slower (1.0 s against
+  0.25 s at T = 40, P = 10⁷ on 2 cores). Full precision.
+  """
+  a2 = a.reshape(a.shape[0], -1).astype(out_dtype)
+  b2 = b.reshape(b.shape[0], -1).astype(out_dtype)
+  rows, cols = a2.shape
+
+  def product(x, y):
+    return lax.dot_general(x, y, (((1,), (1,)), ((), ())),
+                           precision=PRECISION, preferred_element_type=out_dtype)
+
+  if cols < 2 * _chunk_columns(rows):
+    return product(a2, b2)
+
+  def chunked(x, y):
+    chunk = _chunk_columns(rows)
+    num_chunks, rest = divmod(cols, chunk)
+
+    def body(i, acc):
+      return acc + product(lax.dynamic_slice_in_dim(x, i * chunk, chunk, 1),
+                           lax.dynamic_slice_in_dim(y, i * chunk, chunk, 1))
+
+    acc = lax.fori_loop(0, num_chunks, body,
+                        jnp.zeros((rows, rows), out_dtype), unroll=8)
+    if rest:
+      acc = acc + product(x[:, num_chunks * chunk:], y[:, num_chunks * chunk:])
+    return acc
+
+  return lax.platform_dependent(a2, b2, cpu=chunked, default=product)
+
+
 def _leaf_gram_of(fn: Callable[..., jax.Array],
                   leaves: Sequence[jax.Array]) -> jax.Array:
   """The ``[T, T]`` Gramian of ``fn(*leaves)``; on CPU without storing it."""

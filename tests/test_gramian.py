@@ -488,3 +488,23 @@ def test_mapped_reductions_no_shared_leaf_and_bad_map():
                                 np.zeros(2))
   with pytest.raises(ValueError, match='elementwise'):
     gram_lib.gramian_of(lambda a, b: a[:, :1] * b[:, :1], (y, g))
+
+
+@pytest.mark.parametrize('cols', [50, 300_001])
+def test_leaf_cross_gramian_matches_numpy(cols):
+  # J₁ J₂ᵀ (MoDo's, SDMGrad's): the chunked CPU form (remainder included)
+  # and the one product, against float64 numpy; N-d leaves flattened.
+  r = _rng(5)
+  a = r.standard_normal((3, cols)).astype(np.float32)
+  b = r.standard_normal((3, cols)).astype(np.float32)
+  k = jax.jit(lambda x, y: gram_lib.leaf_cross_gramian(x, y, jnp.float32))(
+      jnp.asarray(a), jnp.asarray(b))
+  expected = a.astype(np.float64) @ b.astype(np.float64).T
+  np.testing.assert_allclose(k, expected, rtol=1e-4,
+                             atol=1e-5 * np.abs(expected).max())
+  if cols == 50:
+    k3 = gram_lib.leaf_cross_gramian(jnp.asarray(a.reshape(3, 5, 10)),
+                                     jnp.asarray(b.reshape(3, 5, 10)),
+                                     jnp.float32)
+    np.testing.assert_allclose(k3, expected, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected).max())

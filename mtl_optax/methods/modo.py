@@ -125,6 +125,13 @@ def cross_gramian(first: PyTree, second: PyTree,
                             gram_lib.accumulation_dtype(b.dtype))
     # A contraction over the parameter axes (no reshape: a sharded leaf
     # keeps its sharding; the [T, T] result replicated).
+    if a.size == 0:
+      continue
+    if not gram_lib._distributed(a):   # pylint: disable=protected-access
+      # Column chunks on CPU (the fast form there), one product elsewhere.
+      k = gram_lib.leaf_cross_gramian(a, b, acc)
+      out = k if out is None else out + k.astype(out.dtype)
+      continue
     axes = tuple(range(1, a.ndim))
     sharding = gram_lib.explicit_sharding(a)
     out_sharding = (None if sharding is None else NamedSharding(
@@ -221,7 +228,9 @@ def modo(*, gamma: float = 0.1, rho: float = 0.1,
     cross = cross_gramian(grads, second, mask)
     lam = modo_weights(cross, inner.lam.astype(cross.dtype), gamma, rho)
     target = grads if third is None else third
-    ok = leaves_finite(grads) & leaves_finite(second) & leaves_finite(target)
+    ok = leaves_finite(grads) & leaves_finite(second)
+    if third is not None:     # (else the target is grads, checked)
+      ok &= leaves_finite(third)
     return Proposal(
         coefficients=lam, gram_hat=None,
         inner=ModoState(lam, inner.count + 1), inputs_ok=ok,

@@ -180,7 +180,9 @@ def sdmgrad(*, lamda: float = 0.3, step_size: float = 10.0,
     c, w = sdmgrad_weights(cross, inner.w.astype(dtype), lamda, step_size,
                            num_steps)
     target = grads if third is None else third
-    ok = leaves_finite(grads) & leaves_finite(second) & leaves_finite(target)
+    ok = leaves_finite(grads) & leaves_finite(second)
+    if third is not None:     # (else the target is grads, checked)
+      ok &= leaves_finite(third)
     return Proposal(
         coefficients=c, gram_hat=None,
         inner=SdmgradState(w, inner.count + 1), inputs_ok=ok,
