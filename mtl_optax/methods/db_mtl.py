@@ -174,7 +174,10 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, *,
       out = gram_lib.weighted_sum(alpha, mixed, mask, task_weights=inv)
       return jax.tree.map(lambda d, g: d.astype(g.dtype), out, grads)
 
-    inputs_ok = jnp.all(jnp.isfinite(losses)) & leaves_finite(grads)
+    # A NaN/Inf in a shared leaf makes its task's norm non-finite: only the
+    # task-specific leaves need a pass of their own.
+    inputs_ok = (jnp.all(jnp.isfinite(losses)) & jnp.all(jnp.isfinite(norms))
+                 & leaves_finite(grads, mask, shared=False))
     return Proposal(alpha, gram_hat, None, inputs_ok, combine,
                     select_inner=select_inner)
 

@@ -188,7 +188,10 @@ def excess_mtl(*, robust_step_size: float = 1e-2,
 
     return Proposal(
         coefficients=weights, gram_hat=None, inner=None,
-        inputs_ok=leaves_finite(grads),
+        # A NaN/Inf in a shared leaf makes its task's excess NaN (∞/∞):
+        # only the task-specific leaves need a pass of their own.
+        inputs_ok=(leaves_finite(grads, mask, shared=False)
+                   & jnp.all(jnp.isfinite(excess))),
         combine=lambda _: gram_lib.weighted_sum(weights, grads, mask,
                                                 task_weights=weights),
         select_inner=select_inner)

@@ -225,7 +225,10 @@ def moco(*, beta: float = 0.5, beta_decay: float = 0.5, gamma: float = 0.1,
 
     return Proposal(
         coefficients=lam, gram_hat=None, inner=None,
-        inputs_ok=leaves_finite(grads), combine=combine,
+        # A NaN/Inf in a shared leaf makes the Gramian of Y_k non-finite:
+        # only the task-specific leaves need a pass of their own.
+        inputs_ok=(leaves_finite(grads, mask, shared=False)
+                   & jnp.all(jnp.isfinite(gram))), combine=combine,
         select_inner=select_inner)
 
   built = _build(direction_fn, num_tasks=t, preferences=None,

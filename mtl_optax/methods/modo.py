@@ -228,7 +228,10 @@ def modo(*, gamma: float = 0.1, rho: float = 0.1,
     cross = cross_gramian(grads, second, mask)
     lam = modo_weights(cross, inner.lam.astype(cross.dtype), gamma, rho)
     target = grads if third is None else third
-    ok = leaves_finite(grads) & leaves_finite(second)
+    # A NaN/Inf in a shared leaf of either batch makes J₁J₂ᵀ non-finite:
+    # only their task-specific leaves need a pass of their own.
+    ok = (jnp.all(jnp.isfinite(cross)) & leaves_finite(grads, mask, shared=False)
+          & leaves_finite(second, mask, shared=False))
     if third is not None:     # (else the target is grads, checked)
       ok &= leaves_finite(third)
     return Proposal(

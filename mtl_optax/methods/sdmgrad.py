@@ -180,7 +180,10 @@ def sdmgrad(*, lamda: float = 0.3, step_size: float = 10.0,
     c, w = sdmgrad_weights(cross, inner.w.astype(dtype), lamda, step_size,
                            num_steps)
     target = grads if third is None else third
-    ok = leaves_finite(grads) & leaves_finite(second)
+    # A NaN/Inf in a shared leaf of either batch makes J₁J₂ᵀ non-finite:
+    # only their task-specific leaves need a pass of their own.
+    ok = (jnp.all(jnp.isfinite(cross)) & leaves_finite(grads, mask, shared=False)
+          & leaves_finite(second, mask, shared=False))
     if third is not None:     # (else the target is grads, checked)
       ok &= leaves_finite(third)
     return Proposal(
