@@ -546,7 +546,9 @@ def _fold_columns(fn, leaves, step, init):
       return step(carry, fn(*[lax.dynamic_slice_in_dim(x, i * chunk, chunk,
                                                        axis=1) for x in xs]))
 
-    carry = lax.fori_loop(0, num_chunks, body, init, unroll=8)
+    # Unrolled 2× (not the Gramian's 8×): these passes are memory-bound,
+    # and DB-MTL over 62 leaves compiled in 12 s at 8×, 7 s at 2×.
+    carry = lax.fori_loop(0, num_chunks, body, init, unroll=2)
     if rest:
       carry = step(carry, fn(*[x[:, num_chunks * chunk:] for x in xs]))
     return carry
