@@ -633,8 +633,9 @@ def readings(rows: dict[str, dict], ablation: list[dict],
          '(Δ − the mean Δ) is what compares the methods with [A]:', '',
          '| method | seeds | Δ left / right | residual left / right '
          '| seed std left / right | residual within '
-         f'{READING_TOLERANCE} or 2 std |',
-         '|---|---|---|---|---|---|']
+         f'{READING_TOLERANCE} or 2 std | mean weights left / right '
+         '| final training losses left / right |',
+         '|---|---|---|---|---|---|---|---|']
   for s, d in zip(table, delta):
     res = d - offset
     std = np.asarray(rows[s]['test_std'])
@@ -643,9 +644,21 @@ def readings(rows: dict[str, dict], ablation: list[dict],
         'no (' + ', '.join(side for side, r, b in zip(('left', 'right'),
                                                        res, bound)
                            if abs(r) > b) + ')')
+    mine = [r for r in final_runs if r['method'] == s]
+    weights = (np.mean([r['mean_weights'] for r in mine], 0)
+               if mine and all('mean_weights' in r for r in mine) else None)
+    losses = (np.mean([r['final_losses'] for r in mine], 0)
+              if mine and all('final_losses' in r for r in mine) else None)
     out.append(f'| {_label(s)} | {rows[s]["seeds"]} | {d[0]:+.2f} / '
                f'{d[1]:+.2f} | {res[0]:+.2f} / {res[1]:+.2f} | {std[0]:.2f} '
-               f'/ {std[1]:.2f} | {ok} |')
+               f'/ {std[1]:.2f} | {ok} '
+               f'| {"–" if weights is None else f"{weights[0]:.2f} / {weights[1]:.2f}"} '
+               f'| {"–" if losses is None else f"{losses[0]:.1e} / {losses[1]:.1e}"} |')
+  out += ['', 'The weights are those the method gave the two tasks (the '
+          'mean over steps; 1 / 1 for uniform scaling); a method whose '
+          'weights sum well above 2 takes larger steps than the others at '
+          'the same rate, which the 10-epoch selection of the rate may not '
+          'see (Uncertainty: its learned weights grow as its losses fall).']
   if 'mgda:z' in PAPER and 'mgda:z' in PAPER_SENER:
     a, b = np.asarray(PAPER['mgda:z'][4:]), np.asarray(PAPER_SENER['mgda:z'])
     out += ['', f'**The papers disagree by more than the target.** MGDA-UB '
