@@ -121,6 +121,10 @@ AGGREGATORS: list[tuple[str, str, Callable[[int], Any]]] = [
     # The methods of the breadth issue that read the Gramian (or, for the
     # ones that track gradients, a copy shaped like J in their state).
     ('db_mtl', 'db_mtl(num_tasks=T)', lambda t: mtl.db_mtl(num_tasks=t)),
+    # Without the diagnostics' Gramian of J, which DB-MTL's own weighting
+    # does not need.
+    ('db_mtl-nodiag', 'db_mtl(num_tasks=T, track_diagnostics=False)',
+     lambda t: mtl.db_mtl(num_tasks=t, track_diagnostics=False)),
     ('imtl', 'imtl(num_tasks=T)', lambda t: mtl.imtl(num_tasks=t)),
     ('moco', 'moco(num_tasks=T)', lambda t: mtl.moco(num_tasks=t)),
     ('excess_mtl', 'excess_mtl(num_tasks=T)',
@@ -132,7 +136,8 @@ AGGREGATORS: list[tuple[str, str, Callable[[int], Any]]] = [
 # shaped like them), the losses, a second batch's gradients (here the same J
 # again: the same cost as an independent one, half the memory).
 UPDATE_NEEDS: dict[str, tuple[str, ...]] = {
-    'db_mtl': ('params', 'losses'), 'imtl': ('losses',),
+    'db_mtl': ('params', 'losses'), 'db_mtl-nodiag': ('params', 'losses'),
+    'imtl': ('losses',),
     'moco': ('params',), 'excess_mtl': ('params',),
     'modo': ('second_grads',), 'sdmgrad': ('second_grads',),
 }
@@ -269,6 +274,25 @@ def time_calls(fn: Callable[[], Any], repeats: int) -> list[float]:
   return times
 
 
+def interleaved_calls(fn: Callable[[], Any], baseline: Callable[[], Any],
+                      repeats: int) -> tuple[list[float], list[float]]:
+  """One warm-up call of each, then ``repeats`` rounds of one timed call of
+  ``fn`` followed by one of ``baseline``: ``(fn_times, baseline_times)``."""
+  for f in (fn, baseline):
+    out = f()
+    jax.block_until_ready(out)
+    del out
+  times, base_times = [], []
+  for _ in range(repeats):
+    for f, into in ((fn, times), (baseline, base_times)):
+      t0 = time.perf_counter()
+      out = f()
+      jax.block_until_ready(out)
+      into.append(time.perf_counter() - t0)
+      del out
+  return times, base_times
+
+
 def compile_fn(fn: Callable, *args, **jit_kwargs):
   """``jax.jit(fn, **jit_kwargs).lower(*args).compile()``, timed:
   (compiled, lower_s, compile_s)."""
@@ -338,15 +362,22 @@ def run_config(layout: str, t: int, p: int, repeats: int, seed: int,
       f'cJ {row["numpy"]["cj_median"]:.4g}s)')
 
   def record(name, lower_s, compile_s, call, reference):
-    runs = time_calls(call, repeats)
+    # Interleaved with the numpy baseline, round by round: the ratio is the
+    # median over rounds of (this call / the baseline in the same round),
+    # so that load from other processes, which comes and goes on a shared
+    # machine, hits both sides of each ratio alike.
+    runs, base_runs = interleaved_calls(
+        call, lambda: _numpy_baseline(matrix, c), repeats)
     med = statistics.median(runs)
     row['functions'][name] = {
         'median': med, 'min': min(runs), 'runs': runs,
+        'baseline_runs': base_runs,
         'lower_s': lower_s, 'compile_s': compile_s,
         'compile_total_s': lower_s + compile_s,
-        'ratio': med / base, 'ratio_to_part': med / reference,
+        'ratio': statistics.median(r / b for r, b in zip(runs, base_runs)),
+        'ratio_to_part': med / reference,
     }
-    log(f'  {name:<12} {med:.4g}s  x{med / base:.2f}  '
+    log(f'  {name:<12} {med:.4g}s  x{row["functions"][name]["ratio"]:.2f}  '
         f'(compile {lower_s + compile_s:.2f}s)')
 
   jc = jnp.asarray(c)
@@ -545,9 +576,11 @@ def markdown(rows: list[dict], info: dict, args,
   out.append('')
   out.append('Rows: ' + '; '.join(
       f'`{label}` = `{name}`' for label, name, _ in AGGREGATORS) +
-      '. Aggregator ratios are to the numpy baseline `J @ J.T + c @ J` (the '
-      'faster of the two products back to back and the sum of their '
-      'separate medians); '
+      '. Ratios are to the numpy baseline `J @ J.T + c @ J`, timed '
+      'interleaved with each function (one call of each per round): the '
+      'median over rounds of the two times\' ratio (the baseline row shows '
+      'the faster of the two products back to back and the sum of their '
+      'separate medians, measured once); '
       'gramian is also compared to numpy `J @ J.T` alone and combine to '
       '`c @ J` alone. For the tree layout the baseline runs on the '
       'concatenated `[T, P]` matrix of the same numbers.')
