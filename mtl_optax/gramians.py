@@ -327,34 +327,22 @@ def _plain_gram(m: jax.Array, scale, out_dtype) -> jax.Array:
       preferred_element_type=out_dtype)
 
 
-def _chunked_gram(m: jax.Array, scale, out_dtype, fn=None,
-                  others=()) -> jax.Array:
-  """``m @ m.T`` accumulated over column chunks (the fast form on CPU).
-
-  With ``fn``: the Gramian of ``fn(m, *others)`` (an elementwise map of
-  same-shaped ``[T, P]`` matrices), each chunk mapped as it is read, so the
-  mapped matrix is never stored.
-  """
+def _chunked_gram(m: jax.Array, scale, out_dtype) -> jax.Array:
+  """``m @ m.T`` accumulated over column chunks (the fast form on CPU)."""
   rows, cols = m.shape
   chunk = _chunk_columns(rows)
   num_chunks, rest = divmod(cols, chunk)
-  mats = (m,) + tuple(others)
-
-  def block_of(blocks):
-    return blocks[0] if fn is None else fn(*blocks)
 
   def body(i, acc):
-    blocks = [lax.dynamic_slice_in_dim(x, i * chunk, chunk, axis=1)
-              for x in mats]
-    return acc + _plain_gram(block_of(blocks), scale, out_dtype)
+    block = lax.dynamic_slice_in_dim(m, i * chunk, chunk, axis=1)
+    return acc + _plain_gram(block, scale, out_dtype)
 
   # Unrolled 8×: at T = 40, P = 10⁷ the loop took 0.20-0.33 s rolled and
   # 0.15-0.22 s unrolled on a 2-core CPU (neutral at T = 2 and 10).
   acc = lax.fori_loop(0, num_chunks, body, jnp.zeros((rows, rows), out_dtype),
                       unroll=8)
   if rest:
-    acc = acc + _plain_gram(
-        block_of([x[:, num_chunks * chunk:] for x in mats]), scale, out_dtype)
+    acc = acc + _plain_gram(m[:, num_chunks * chunk:], scale, out_dtype)
   return acc
 
 
@@ -418,30 +406,15 @@ def leaf_cross_gramian(a: jax.Array, b: jax.Array, out_dtype) -> jax.Array:
   """
   a2 = a.reshape(a.shape[0], -1).astype(out_dtype)
   b2 = b.reshape(b.shape[0], -1).astype(out_dtype)
-  rows, cols = a2.shape
 
-  def product(x, y):
-    return lax.dot_general(x, y, (((1,), (1,)), ((), ())),
-                           precision=PRECISION, preferred_element_type=out_dtype)
+  def step(acc, blocks):
+    x, y = blocks
+    return acc + lax.dot_general(x, y, (((1,), (1,)), ((), ())),
+                                 precision=PRECISION,
+                                 preferred_element_type=out_dtype)
 
-  if cols < 2 * _chunk_columns(rows):
-    return product(a2, b2)
-
-  def chunked(x, y):
-    chunk = _chunk_columns(rows)
-    num_chunks, rest = divmod(cols, chunk)
-
-    def body(i, acc):
-      return acc + product(lax.dynamic_slice_in_dim(x, i * chunk, chunk, 1),
-                           lax.dynamic_slice_in_dim(y, i * chunk, chunk, 1))
-
-    acc = lax.fori_loop(0, num_chunks, body,
-                        jnp.zeros((rows, rows), out_dtype), unroll=8)
-    if rest:
-      acc = acc + product(x[:, num_chunks * chunk:], y[:, num_chunks * chunk:])
-    return acc
-
-  return lax.platform_dependent(a2, b2, cpu=chunked, default=product)
+  return _fold_columns(lambda x, y: (x, y), [a2, b2], step,
+                       jnp.zeros((a.shape[0],) * 2, out_dtype), unroll=8)
 
 
 def _leaf_gram_of(fn: Callable[..., jax.Array],
@@ -457,14 +430,10 @@ def _leaf_gram_of(fn: Callable[..., jax.Array],
   out_dtype = accumulation_dtype(mapped.dtype)
   if _distributed(leaves[0]):
     return _sharded_gram(fn(*leaves), None, out_dtype)
-  ms = [x.reshape(x.shape[0], -1) for x in leaves]
-  if ms[0].shape[1] < 2 * _chunk_columns(ms[0].shape[0]):
-    return _plain_gram(fn(*ms), None, out_dtype)
-  return lax.platform_dependent(
-      *ms,
-      cpu=lambda *xs: _chunked_gram(xs[0], None, out_dtype, fn, xs[1:]),
-      default=lambda *xs: _plain_gram(fn(*xs), None, out_dtype),
-  )
+  t = leaves[0].shape[0]
+  return _fold_columns(
+      fn, leaves, lambda acc, block: acc + _plain_gram(block, None, out_dtype),
+      jnp.zeros((t, t), out_dtype), unroll=8)
 
 
 def gramian_of(fn: Callable[..., jax.Array], trees: Sequence[PyTree],
@@ -522,11 +491,13 @@ def _scaled_squares(block: jax.Array, scale: jax.Array, ssq: jax.Array
   return new, ssq
 
 
-def _fold_columns(fn, leaves, step, init):
+def _fold_columns(fn, leaves, step, init, unroll: int = 2):
   """``step(carry, fn(*blocks))`` over column blocks of the ``[T, -1]``
   leaves; on CPU chunk by chunk (the mapped matrix is never stored), else
   in one block. ``step`` reduces over every axis but the first. A sharded
-  leaf is not reshaped (it keeps its sharding)."""
+  leaf is not reshaped (it keeps its sharding). ``unroll``: 8 for the
+  compute-bound products (as ``_chunked_gram``), 2 for the memory-bound
+  reductions (DB-MTL over 62 leaves compiled in 12 s at 8×, 7 s at 2×)."""
 
   def whole(*xs):
     return step(init, fn(*xs))
@@ -546,9 +517,7 @@ def _fold_columns(fn, leaves, step, init):
       return step(carry, fn(*[lax.dynamic_slice_in_dim(x, i * chunk, chunk,
                                                        axis=1) for x in xs]))
 
-    # Unrolled 2× (not the Gramian's 8×): these passes are memory-bound,
-    # and DB-MTL over 62 leaves compiled in 12 s at 8×, 7 s at 2×.
-    carry = lax.fori_loop(0, num_chunks, body, init, unroll=2)
+    carry = lax.fori_loop(0, num_chunks, body, init, unroll=unroll)
     if rest:
       carry = step(carry, fn(*[x[:, num_chunks * chunk:] for x in xs]))
     return carry
