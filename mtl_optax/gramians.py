@@ -605,10 +605,112 @@ def row_norms_of(fn: Callable[..., jax.Array], trees: Sequence[PyTree],
   step = lambda carry, block: _scaled_squares(block.astype(dtype), *carry)
   parts = [_fold_columns(fn, group, step, (zeros, zeros))
            for group in groups]
+  return _norms_from_parts(parts)
+
+
+def _norms_from_parts(parts) -> jax.Array:
+  """Per-row norms from per-group ``(scale, ssq)`` of ``_scaled_squares``."""
   scale = functools.reduce(jnp.maximum, [sc for sc, _ in parts])
   safe = jnp.where(scale > 0, scale, jnp.ones_like(scale))
   ssq = sum(q * jnp.square(sc / safe) for sc, q in parts)
   return scale * jnp.sqrt(ssq)
+
+
+def row_norms_and_gramian_of(
+    fn: Callable[..., jax.Array], gramian_fn: Callable[..., jax.Array],
+    trees: Sequence[PyTree], shared: SharedMask = None
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  """``row_norms_of(fn, ...)`` and the normalised Gramian of ``gramian_fn``'s
+  map, both from one read of the inputs.
+
+  For a method that needs the norms of a map of its gradients and state and,
+  for the diagnostics, the Gramian of the gradients themselves (DB-MTL: the
+  norms of its gradient averages, the dominance rate of the gradients): on
+  CPU each column block of the inputs is read once for both, instead of once
+  per reduction, and the norms cost little more than the Gramian alone
+  (0.72 s against 0.71 s for ``normalized_gramian`` and 0.47 s for
+  ``row_norms_of`` at T = 40, P = 10⁷ on 2 loaded cores). The Gramian is
+  ``normalized_gramian``'s, values and rescaling included.
+
+  Args:
+    fn: an elementwise function of one leaf from each tree (same shapes);
+      the norms are those of ``jax.tree.map(fn, *trees)``.
+    gramian_fn: an elementwise function of the same leaves; the Gramian is
+      that of ``jax.tree.map(gramian_fn, *trees)``.
+    trees: stacked trees of the same structure (leading axis ``T``).
+    shared: which leaves count (a mask of the first tree's structure).
+
+  Returns:
+    ``(norms, (K_hat, scale))``: the ``[T]`` norms of ``row_norms_of`` and
+    the Gramian as ``normalized_gramian`` returns it (``K = scale² ·
+    K_hat``, ``max(diag(K_hat)) = 1``; zeros and 1 when the map is zero). A
+    NaN/Inf entry makes its task's norm and ``K_hat`` non-finite.
+
+  Example:
+    >>> import jax.numpy as jnp, mtl_optax as mtl
+    >>> m = {'w': jnp.array([[3., 0.], [0., 0.]])}
+    >>> g = {'w': jnp.array([[0., 2.], [0., 1.]])}
+    >>> norms, (k_hat, scale) = mtl.gramians.row_norms_and_gramian_of(
+    ...     lambda a, b: a + b, lambda a, b: b, (m, g))
+    >>> norms.tolist(), k_hat.tolist(), scale.tolist()
+    ([3.605551242828369, 1.0], [[1.0, 0.5], [0.5, 0.25]], 2.0)
+  """
+  t, groups = _mapped_groups(trees, shared)
+  if not groups:
+    return (jnp.zeros((t,), jnp.float32),
+            (jnp.zeros((t, t), jnp.float32), jnp.ones((), jnp.float32)))
+  dtype = jnp.result_type(_mapped_dtype(fn, groups),
+                          _mapped_dtype(gramian_fn, groups))
+  pair = lambda *xs: (fn(*xs), gramian_fn(*xs))
+  zeros = jnp.zeros((t,), dtype)
+
+  def reduce(inv):
+    # The norms' (scale, ssq) and the Gramian of the map times `inv`, in one
+    # fold (8× unrolled, as the Gramian's loop: the product dominates).
+    def step(carry, blocks):
+      return (_scaled_squares(blocks[0].astype(dtype), *carry[0]),
+              carry[1] + _sharded_gram(blocks[1], inv, dtype))
+    parts = [_fold_columns(pair, group, step,
+                           ((zeros, zeros), jnp.zeros((t, t), dtype)),
+                           unroll=8) for group in groups]
+    return (_norms_from_parts([p[0] for p in parts]),
+            functools.reduce(jnp.add, [p[1] for p in parts]))
+
+  def largest_entry():
+    step = lambda acc, block: jnp.maximum(
+        acc, jnp.max(jnp.abs(block)).astype(dtype))
+    return functools.reduce(jnp.maximum, [
+        _fold_columns(gramian_fn, group, step, jnp.zeros((), dtype))
+        for group in groups])
+
+  # As normalized_gramian: the Gramian as it is and, only when that is not
+  # finite or its diagonal leaves float32's safe range, once more of the map
+  # divided by its largest entry (the norms are safe either way).
+  lo, hi = 1e-30, 1e30
+
+  def body(carry):
+    _, _, inv, attempt = carry
+    norms, k = reduce(inv)
+    top = jnp.max(jnp.diag(k))
+    safe = jnp.all(jnp.isfinite(k)) & (top >= lo) & (top <= hi)
+    retry = ~safe & (attempt == 0)
+
+    def rescale():
+      m = largest_entry()
+      return _inverse_scale(m, dtype)
+
+    inv = lax.cond(retry, rescale, lambda: inv)
+    return norms, k, inv, jnp.where(retry, 1, 2).astype(attempt.dtype)
+
+  norms, k, inv, _ = lax.while_loop(
+      lambda carry: carry[3] < 2, body,
+      (zeros, jnp.zeros((t, t), dtype), jnp.ones((), dtype),
+       jnp.zeros((), jnp.int32)))
+  top = jnp.max(jnp.diag(k))
+  positive = top > 0
+  k_hat = jnp.where(positive, k / jnp.where(positive, top, 1), k)
+  scale = jnp.where(positive, jnp.sqrt(jnp.where(positive, top, 1)) / inv, 1)
+  return norms, (k_hat, scale.astype(dtype))
 
 
 def _shared_leaves(stacked: PyTree, shared: SharedMask) -> list[jax.Array]:
@@ -675,6 +777,22 @@ def _max_abs(leaves: list[jax.Array]) -> jax.Array:
       jnp.max(jnp.abs(x)).astype(_gram_dtype(nonempty)) for x in nonempty]))
 
 
+def _inverse_scale(m: jax.Array, dtype) -> jax.Array:
+  """A power of two ``r`` that brings entries up to ``m`` in magnitude below
+  8 (``|x · r| < 8``), kept a normal number; 1 when ``m`` is 0 or not finite.
+
+  ``1 / m`` itself is subnormal for ``m`` above ~8.5e37 in float32, which
+  XLA:CPU flushes to zero: the rescaled Gramian of such gradients was all
+  zeros. A power of two also scales exactly.
+  """
+  m = jnp.asarray(m, dtype)
+  info = jnp.finfo(dtype)
+  _, exponent = jnp.frexp(m)              # m = f · 2^e, f in [0.5, 1)
+  power = jnp.clip(3 - exponent, info.minexp, info.maxexp - 1)
+  inv = jnp.ldexp(jnp.ones((), dtype), power.astype(jnp.int32))
+  return jnp.where((m > 0) & jnp.isfinite(m), inv, 1).astype(dtype)
+
+
 def max_abs(stacked: PyTree, shared: SharedMask = None) -> jax.Array:
   """Largest absolute entry over the shared leaves (0 if none), as float32+."""
   return _max_abs(_shared_leaves(stacked, shared))
@@ -719,7 +837,7 @@ def normalized_gramian(
 
     def rescale():
       m = _max_abs(leaves).astype(dtype)
-      return jnp.where((m > 0) & jnp.isfinite(m), 1 / m, 1).astype(dtype)
+      return _inverse_scale(m, dtype)
 
     inv = lax.cond(retry, rescale, lambda: inv)
     return k, inv, jnp.where(retry, 1, 2).astype(attempt.dtype)
@@ -917,7 +1035,7 @@ def normalized_group_gramians(
 
     def rescale():
       m = jnp.stack([_max_abs(g).astype(dtype) for g in members])
-      new = jnp.where((m > 0) & jnp.isfinite(m), 1 / m, 1).astype(dtype)
+      new = _inverse_scale(m, dtype)
       return jnp.where(retry, new, inv)
 
     inv = lax.cond(jnp.any(retry), rescale, lambda: inv)

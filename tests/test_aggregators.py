@@ -604,6 +604,33 @@ def test_linear_weights_recorded():
       _grads(t=3)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('make', [
+    lambda: mtl.aligned_mtl(), lambda: mtl.aligned_mtl(method='svd'),
+    lambda: mtl.mgda(), lambda: mtl.upgrad(), lambda: mtl.dualproj(),
+    lambda: mtl.imtl_g(), lambda: mtl.cagrad(),
+], ids=['aligned_mtl', 'aligned_mtl_svd', 'mgda', 'upgrad', 'dualproj',
+        'imtl_g', 'cagrad'])
+def test_homogeneous_methods_near_float32_max(make):
+  # These directions scale with the gradients. With entries up to ~1.7e38
+  # (the Gramian overflows float32 and 1 / max|entry| is subnormal, which
+  # XLA:CPU flushes to zero) the direction is the scaled one of ordinary
+  # gradients; it used to be zero (or the step skipped).
+  grads = _grads(t=3, seed=21)
+  top = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(grads))
+  unit = jax.tree.map(lambda x: x / top, grads)         # |entries| <= 1
+  big = jax.tree.map(lambda x: x * 2.0**127, unit)      # exact scaling
+  agg = make()
+  d_unit, _ = _apply(agg, unit)
+  d_big, state = _apply(agg, big)
+  assert not bool(state.last_skipped)
+  assert np.isfinite(_flat(d_big)).all() and np.any(_flat(d_big) != 0)
+  # (Unscaled in numpy's float64: XLA:CPU would multiply by 2^-127, a
+  # subnormal, flushed to zero.)
+  expected = _flat(d_unit)
+  np.testing.assert_allclose(_flat(d_big) / 2.0**127, expected, rtol=1e-4,
+                             atol=1e-5 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize('factory', [
     lambda **kw: mtl.linear_scalarization(jnp.ones(3), **kw),
     lambda **kw: mtl.aligned_mtl(jnp.ones(3), **kw),

@@ -105,6 +105,33 @@ def test_db_mtl_validation_and_skip():
   np.testing.assert_array_equal(new.inner.ema['w'], state.inner.ema['w'])
 
 
+@pytest.mark.parametrize('magnitude', [1.0, 1e30])
+def test_db_mtl_diagnostics_are_those_of_the_gradients(magnitude):
+  # The diagnostics' Gramian comes from the norms' pass (one read): the
+  # dominance rate and the rest are those of the shared leaves' gradients
+  # (not of the averages), also for gradients whose plain Gramian overflows
+  # float32; the task-specific leaf does not enter.
+  r = np.random.default_rng(3)
+  grads = {'a': jnp.asarray(r.standard_normal((3, 300_001)) * magnitude,
+                            jnp.float32),
+           'b': jnp.asarray(r.standard_normal((3, 4)) * 1e3, jnp.float32)}
+  mask = {'a': True, 'b': False}
+  tx = mtl.db_mtl(num_tasks=3, shared=mask)
+  params = jax.tree.map(lambda g: g[0], grads)
+  state = tx.init(params)
+  # One step to fill the averages, then the step whose diagnostics we read.
+  _, state = tx.update(grads, state, params, losses=jnp.array([1., 2., 3.]))
+  grads = jax.tree.map(lambda g: g[::-1], grads)
+  _, state = jax.jit(lambda g, s: tx.update(
+      g, s, params, losses=jnp.array([1., 2., 3.])))(grads, state)
+  assert not bool(state.last_skipped)
+  k_hat, _ = mtl.gramians.normalized_gramian(grads, mask)
+  expected = mtl.diagnostics.from_gramian(k_hat)
+  for name, got in state.diagnostics._asdict().items():
+    np.testing.assert_allclose(got, getattr(expected, name), rtol=1e-5,
+                               err_msg=name)
+
+
 # ---------------------------------------------------------------------------
 # Training by name
 

@@ -314,6 +314,34 @@ def test_normalized_gramian_with_mask_extreme():
                              rtol=1e-5)
 
 
+def _near_float32_max(seed, shape=(3, 6)):
+  # Entries up to ~3e38, near float32's maximum: their plain Gramian
+  # overflows, and 1 / max|entry| (~3e-39) is subnormal, which XLA:CPU
+  # flushes to zero (the rescaled Gramian used to come out all zeros).
+  base = _rng(seed).standard_normal(shape)
+  return base, (base / np.abs(base).max() * 3e38).astype(np.float32)
+
+
+def test_normalized_gramian_near_float32_max():
+  base, x = _near_float32_max(20)
+  k_hat, scale = jax.jit(mtl.normalized_gramian)(jnp.asarray(x))
+  xd = x.astype(np.float64)
+  ref = xd @ xd.T
+  np.testing.assert_allclose(k_hat, ref / ref.diagonal().max(), rtol=1e-5,
+                             atol=1e-6)
+  # The largest norm itself is beyond float32's range.
+  assert float(scale) == np.inf
+  # Per group (per_group=): each group's block the same way.
+  tree = {'a': jnp.asarray(x), 'b': jnp.asarray(x[:, :2] * 1e-3)}
+  k_hats, _ = gram_lib.normalized_group_gramians(
+      tree, {'a': True, 'b': True}, [0, 1], 2)
+  np.testing.assert_allclose(k_hats[0], ref / ref.diagonal().max(),
+                             rtol=1e-5, atol=1e-6)
+  rb = xd[:, :2] @ xd[:, :2].T
+  np.testing.assert_allclose(k_hats[1], rb / rb.diagonal().max(), rtol=1e-5,
+                             atol=1e-6)
+
+
 def test_normalized_gramian_zero():
   k_hat, scale = mtl.normalized_gramian(jnp.zeros((3, 4)))
   np.testing.assert_array_equal(np.asarray(k_hat), np.zeros((3, 3)))
@@ -488,6 +516,93 @@ def test_mapped_reductions_no_shared_leaf_and_bad_map():
                                 np.zeros(2))
   with pytest.raises(ValueError, match='elementwise'):
     gram_lib.gramian_of(lambda a, b: a[:, :1] * b[:, :1], (y, g))
+
+
+# row_norms_and_gramian_of: both reductions from one read (DB-MTL's norms
+# and its diagnostics' Gramian of the gradients).
+
+
+def _both(y, g, mask):
+  return jax.jit(lambda y, g: gram_lib.row_norms_and_gramian_of(
+      _track, lambda a, b: b, (y, g), mask))(y, g)
+
+
+@pytest.mark.parametrize('magnitude', [1.0, 1e-30, 1e30, 5e37])
+def test_norms_and_gramian_match_the_separate_reductions(magnitude):
+  # The chunked path (remainder), a small N-d leaf, a zero-size and a
+  # task-specific leaf; gradients with entries up to near float32's maximum
+  # (5e37 is their std: the plain Gramian overflows) and tiny ones (whose
+  # squares underflow).
+  y, g, mask = _mapped_trees(6, magnitude)
+  norms, (k_hat, scale) = _both(y, g, mask)
+  gm = np.concatenate([np.asarray(g[k], np.float64).reshape(2, -1) / magnitude
+                       for k in sorted(mask) if mask[k]], axis=1)
+  k = gm @ gm.T
+  np.testing.assert_allclose(k_hat, k / k.diagonal().max(), rtol=1e-5)
+  assert np.isfinite(np.asarray(k_hat)).all()
+  if magnitude > 1e36:
+    return   # the norms themselves exceed float32's range
+  m = _mapped_matrix(y, g, mask)
+  np.testing.assert_allclose(
+      np.asarray(norms, np.float64),
+      np.linalg.norm(m / magnitude, axis=1) * magnitude, rtol=1e-5)
+  np.testing.assert_allclose(scale / magnitude,
+                             np.sqrt(k.diagonal().max()), rtol=1e-5)
+  if magnitude == 1.0:
+    # Scaling by powers of two is exact: the normalised Gramian's own
+    # values, and the norms of row_norms_of.
+    expected_hat, expected_scale = gram_lib.normalized_gramian(g, mask)
+    np.testing.assert_allclose(k_hat, expected_hat, rtol=2e-6)
+    np.testing.assert_allclose(scale, expected_scale, rtol=2e-6)
+    np.testing.assert_allclose(
+        norms, gram_lib.row_norms_of(_track, (y, g), mask), rtol=1e-6)
+
+
+def test_norms_and_gramian_float64_bfloat16_and_zero():
+  with jax.enable_x64(True):
+    y, g, mask = _mapped_trees(7, dtype=np.float64, cols=300_001)
+    norms, (k_hat, scale) = gram_lib.row_norms_and_gramian_of(
+        _track, lambda a, b: b, (y, g), mask)
+    assert k_hat.dtype == norms.dtype == scale.dtype == jnp.float64
+    gm = np.concatenate([np.asarray(g[k]).reshape(2, -1)
+                         for k in sorted(mask) if mask[k]], axis=1)
+    k = gm @ gm.T
+    np.testing.assert_allclose(k_hat, k / k.diagonal().max(), rtol=1e-12)
+    np.testing.assert_allclose(scale, np.sqrt(k.diagonal().max()),
+                               rtol=1e-12)
+    np.testing.assert_allclose(
+        norms, np.linalg.norm(_mapped_matrix(y, g, mask), axis=1),
+        rtol=1e-12)
+  y, g, mask = _mapped_trees(8, dtype=ml_dtypes.bfloat16, cols=200_000)
+  norms, (k_hat, scale) = gram_lib.row_norms_and_gramian_of(
+      _track, lambda a, b: b, (y, g), mask)
+  assert k_hat.dtype == norms.dtype == scale.dtype == jnp.float32
+  expected_hat, expected_scale = gram_lib.normalized_gramian(g, mask)
+  np.testing.assert_allclose(k_hat, expected_hat, rtol=1e-5)
+  np.testing.assert_allclose(scale, expected_scale, rtol=1e-5)
+  # All-zero gradients: zero K_hat and scale 1, as normalized_gramian; no
+  # shared leaf: the same, and zero norms.
+  zeros = jax.tree.map(jnp.zeros_like, g)
+  _, (k_hat, scale) = gram_lib.row_norms_and_gramian_of(
+      _track, lambda a, b: b, (y, zeros), mask)
+  np.testing.assert_array_equal(k_hat, np.zeros((2, 2)))
+  assert scale == 1.0
+  none = {k: False for k in y}
+  norms, (k_hat, scale) = gram_lib.row_norms_and_gramian_of(
+      _track, lambda a, b: b, (y, g), none)
+  np.testing.assert_array_equal(norms, np.zeros(2))
+  np.testing.assert_array_equal(k_hat, np.zeros((2, 2)))
+  assert scale == 1.0
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize('where', [0, 100_000, 300_000])
+def test_norms_and_gramian_propagate_nonfinite(bad, where):
+  y, g, mask = _mapped_trees(9)
+  g = dict(g, big=g['big'].at[1, where].set(bad))
+  norms, (k_hat, _) = _both(y, g, mask)
+  assert np.isfinite(norms[0]) and not np.isfinite(norms[1])
+  assert not np.isfinite(np.asarray(k_hat)).all()
 
 
 @pytest.mark.parametrize('cols', [50, 300_001])

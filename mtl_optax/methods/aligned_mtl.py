@@ -167,7 +167,7 @@ def _aligned_svd_direction(shared, preferences, scale_mode) -> DirectionFn:
     matrix = jnp.concatenate(
         [g.reshape(t, -1).astype(acc) for g in shared_leaves], axis=1)
     top = jnp.max(jnp.abs(matrix))
-    inv = jnp.where((top > 0) & jnp.isfinite(top), 1 / top, 1)
+    inv = gram_lib._inverse_scale(top, acc)  # pylint: disable=protected-access
     scaled = matrix * inv
     # LAPACK's SVD does not terminate on a matrix containing Inf: decompose a
     # finite stand-in and poison the result instead (the step is skipped).

@@ -94,9 +94,9 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, *,
   take ``Σ_t g_t / (L_t + ε)``. See the module docstring for the readings
   (the defaults are those of the authors' LibMTL code).
 
-  Cost: one pass over the ``T`` gradients for the averages and their norms,
-  one weighted sum (and a Gramian for the diagnostics if tracked); the
-  state holds ``T`` copies of the parameters.
+  Cost: one pass over the ``T`` gradients for the averages and their norms
+  (which also computes the diagnostics' Gramian when tracked), one weighted
+  sum; the state holds ``T`` copies of the parameters.
 
   Args:
     beta: the average's decay ``β`` in ``[0, 1)`` (0: no averaging).
@@ -139,8 +139,6 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, *,
   def direction_fn(grads, inner, extra):
     losses = _losses(extra, name, gram_lib.num_tasks(grads))
     mask = gram_lib.resolve_shared_mask(shared, grads)
-    gram_hat = (gram_lib.normalized_gramian(grads, mask)[0]
-                if track_diagnostics else None)
     inv = 1 / (losses + EPS)
     decay = db_mtl_decay(inner.count + 1, beta, beta_sigma, losses.dtype)
 
@@ -155,8 +153,14 @@ def db_mtl(beta: float = 0.9, beta_sigma: float = 0.0, *,
     # gradients (on CPU without writing the new averages, which
     # select_inner writes once, in place, when the step is kept), with a
     # running scale: tiny or huge gradients neither underflow nor overflow.
-    norms = gram_lib.row_norms_of(average, (inner.ema, grads),
-                                  mask).astype(losses.dtype)
+    # The diagnostics' Gramian of the gradients comes from the same read.
+    if track_diagnostics:
+      norms, (gram_hat, _) = gram_lib.row_norms_and_gramian_of(
+          average, lambda m, g: g, (inner.ema, grads), mask)
+    else:
+      norms = gram_lib.row_norms_of(average, (inner.ema, grads), mask)
+      gram_hat = None
+    norms = norms.astype(losses.dtype)
     alpha = db_mtl_weights(norms)
 
     def select_inner(ok):
