@@ -135,7 +135,8 @@ def solve_cagrad(gram: jax.Array, c: float = 0.4,
     enter_at = jnp.maximum(enter_at, level)
     first_leave, first_enter = jnp.argmin(leave_at), jnp.argmin(enter_at)
     next_event = jnp.minimum(leave_at[first_leave], enter_at[first_enter])
-    finish = root <= next_event
+    # (No root and no event, both +inf, is not a finish at τ = inf.)
+    finish = (root <= next_event) & jnp.isfinite(root)
     stuck = ~finish & ~jnp.isfinite(next_event)   # no root and no event
     new_level = jnp.where(finish, root, next_event)
     lam = jnp.where(active, new_level * p - q, 0)
@@ -171,13 +172,17 @@ def solve_cagrad(gram: jax.Array, c: float = 0.4,
     new_active = jnp.where(dependent, swapped_active, new_active)
     lam = jnp.where(dependent & can_swap, swapped_lam, lam)
     limit = dependent & ~can_swap
+    # Stuck with the level at 0 (within rounding) is the level bound of a
+    # Pareto-stationary point too (what rounding makes of a dependent
+    # constraint that did not show as one): answered as `limit` is.
+    at_bound = stuck & (level >= -tol)
     done = finish | stuck | limit
     new_active = jnp.where(done, active, new_active)
     # Stuck (no root, no breakpoint: only through rounding): stay put.
     lam = jnp.where(stuck, jnp.where(active, level * p - q, 0).clip(0), lam)
     new_level = jnp.where(stuck, level, new_level)
     return Carry(new_level, new_active, lam, carry.iteration + 1, done,
-                 limit)
+                 limit | at_bound)
 
   start = Carry(jnp.min(b), jnp.zeros((t,), bool), jnp.zeros((t,), dtype),
                 jnp.zeros((), jnp.int32), jnp.zeros((), bool),
