@@ -596,7 +596,8 @@ def markdown(data: dict, ablation: list[dict] | None = None) -> str:
   lines += ['', f'Wall time: selection {select_total / 3600:.2f} h '
             f'({len(data["selection"]["runs"])} runs), final runs '
             f'{total / 3600:.2f} h ({len(data["runs"])} runs), on 2 shared '
-            'CPU cores.', '']
+            'CPU cores: the sum of the runs\' own wall times (some ran two '
+            'at a time, each then slower).', '']
   return '\n'.join(lines)
 
 
