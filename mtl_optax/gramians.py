@@ -673,8 +673,8 @@ def row_norms_and_gramian_of(
     parts = [_fold_columns(pair, group, step,
                            ((zeros, zeros), jnp.zeros((t, t), dtype)),
                            unroll=8) for group in groups]
-    return (_norms_from_parts([p[0] for p in parts]),
-            functools.reduce(jnp.add, [p[1] for p in parts]))
+    return (functools.reduce(jnp.add, [p[1] for p in parts]),
+            _norms_from_parts([p[0] for p in parts]))
 
   def largest_entry():
     step = lambda acc, block: jnp.maximum(
@@ -683,34 +683,9 @@ def row_norms_and_gramian_of(
         _fold_columns(gramian_fn, group, step, jnp.zeros((), dtype))
         for group in groups])
 
-  # As normalized_gramian: the Gramian as it is and, only when that is not
-  # finite or its diagonal leaves float32's safe range, once more of the map
-  # divided by its largest entry (the norms are safe either way).
-  lo, hi = 1e-30, 1e30
-
-  def body(carry):
-    _, _, inv, attempt = carry
-    norms, k = reduce(inv)
-    top = jnp.max(jnp.diag(k))
-    safe = jnp.all(jnp.isfinite(k)) & (top >= lo) & (top <= hi)
-    retry = ~safe & (attempt == 0)
-
-    def rescale():
-      m = largest_entry()
-      return _inverse_scale(m, dtype)
-
-    inv = lax.cond(retry, rescale, lambda: inv)
-    return norms, k, inv, jnp.where(retry, 1, 2).astype(attempt.dtype)
-
-  norms, k, inv, _ = lax.while_loop(
-      lambda carry: carry[3] < 2, body,
-      (zeros, jnp.zeros((t, t), dtype), jnp.ones((), dtype),
-       jnp.zeros((), jnp.int32)))
-  top = jnp.max(jnp.diag(k))
-  positive = top > 0
-  k_hat = jnp.where(positive, k / jnp.where(positive, top, 1), k)
-  scale = jnp.where(positive, jnp.sqrt(jnp.where(positive, top, 1)) / inv, 1)
-  return norms, (k_hat, scale.astype(dtype))
+  # normalized_gramian's passes (the norms are safe either way).
+  gram, norms = _normalized_with_retry(reduce, largest_entry, t, dtype, zeros)
+  return norms, gram
 
 
 def _shared_leaves(stacked: PyTree, shared: SharedMask) -> list[jax.Array]:
@@ -821,35 +796,46 @@ def normalized_gramian(
   t = num_tasks(stacked)
   leaves = _shared_leaves(stacked, shared)
   dtype = _gram_dtype(leaves)
+  (k_hat, scale), _ = _normalized_with_retry(
+      lambda inv: (_sum_grams(leaves, t, dtype, inv), ()),
+      lambda: _max_abs(leaves), t, dtype, ())
+  return k_hat, scale
+
+
+def _normalized_with_retry(reduce, largest_entry, t: int, dtype, extra_init):
+  """``normalized_gramian``'s two passes around ``reduce(inv) -> (K of the
+  inputs times inv, extra)``; returns ``((K_hat, scale), extra)``.
+
+  At most two passes, in a while_loop so that the (chunked) Gramian code is
+  compiled once: the first with the inputs as they are, the second, only
+  when the first is unsafe (not finite, or its diagonal outside [1e-30,
+  1e30]), with the inputs divided by ``largest_entry()`` (a power of two,
+  ``_inverse_scale``). An underflowed Gramian is exactly 0, so 0 counts as
+  unsafe (the second pass is cheap to decide when the inputs really are
+  zero).
+  """
   lo, hi = 1e-30, 1e30
 
-  # At most two passes, in a while_loop so that the (chunked) Gramian code is
-  # compiled once: the first with the gradients as they are, the second, only
-  # when the first is unsafe, with the gradients divided by their largest
-  # entry. An underflowed Gramian is exactly 0, so 0 counts as unsafe (the
-  # second pass is cheap to decide when the gradients really are zero).
   def body(carry):
-    _, inv, attempt = carry
-    k = _sum_grams(leaves, t, dtype, inv)
+    _, _, inv, attempt = carry
+    k, extra = reduce(inv)
     top = jnp.max(jnp.diag(k))
     safe = jnp.all(jnp.isfinite(k)) & (top >= lo) & (top <= hi)
     retry = ~safe & (attempt == 0)
+    inv = lax.cond(
+        retry, lambda: _inverse_scale(largest_entry().astype(dtype), dtype),
+        lambda: inv)
+    return k, extra, inv, jnp.where(retry, 1, 2).astype(attempt.dtype)
 
-    def rescale():
-      m = _max_abs(leaves).astype(dtype)
-      return _inverse_scale(m, dtype)
-
-    inv = lax.cond(retry, rescale, lambda: inv)
-    return k, inv, jnp.where(retry, 1, 2).astype(attempt.dtype)
-
-  k, inv, _ = lax.while_loop(
-      lambda carry: carry[2] < 2, body,
-      (jnp.zeros((t, t), dtype), jnp.ones((), dtype), jnp.zeros((), jnp.int32)))
+  k, extra, inv, _ = lax.while_loop(
+      lambda carry: carry[3] < 2, body,
+      (jnp.zeros((t, t), dtype), extra_init, jnp.ones((), dtype),
+       jnp.zeros((), jnp.int32)))
   top = jnp.max(jnp.diag(k))
   positive = top > 0
   k_hat = jnp.where(positive, k / jnp.where(positive, top, 1), k)
   scale = jnp.where(positive, jnp.sqrt(jnp.where(positive, top, 1)) / inv, 1)
-  return k_hat, scale.astype(dtype)
+  return (k_hat, scale.astype(dtype)), extra
 
 
 def weighted_sum(
